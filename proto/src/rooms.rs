@@ -1,0 +1,748 @@
+//! The room state machine: AppRTC room-server membership and Collider bindings in one model.
+//! Every change is a [`Command`] applied deterministically (time comes in the command), so a
+//! single node applies them in place and the cluster replicates the very same commands with Raft.
+//!
+//! A room has two views that AppRTC kept in two servers and whose behaviours clients depend on:
+//! - **members** (room server): who joined with `POST /join`, who is the initiator, and the
+//!   messages a lone member posted to `/message` for whoever joins next;
+//! - **clients** (Collider): which client ids are bound to a WebSocket (and on which node and
+//!   session), and each client's queue of messages for a peer that has not registered yet.
+//!
+//! Both views cap a room at two. A Collider `DELETE` and the register grace running out also
+//! remove the client from the members (AppRTC's `/bye` notice, which upstream silently dropped).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Identifies a node of the cluster (1 for a single node).
+pub type NodeId = u64;
+
+/// The id of the pseudo-client that `?debug=loopback` adds to the room server's view.
+pub const LOOPBACK_CLIENT_ID: &str = "LOOPBACK_CLIENT_ID";
+
+/// Both AppRTC servers cap a room at two participants.
+pub const ROOM_CAPACITY: usize = 2;
+
+/// One WebSocket session, unique across nodes and restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub Uuid);
+
+impl SessionId {
+    /// A fresh random session id.
+    pub fn random() -> Self {
+        SessionId(Uuid::new_v4())
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a Collider client's socket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Binding {
+    /// The node holding the socket.
+    pub node: NodeId,
+    /// The socket's session on that node.
+    pub session: SessionId,
+}
+
+/// Bounds of the state machine. Every node of a cluster must use the same values, because they
+/// decide outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Messages a Collider client may have queued for a peer that has not registered (1024).
+    pub queue_cap: usize,
+    /// Messages a lone room-server member may have stored for the next joiner.
+    pub stored_cap: usize,
+    /// How long an unregistered Collider client is kept (10 s upstream).
+    pub register_grace_ms: u64,
+    /// How long a room with no bound socket lives without activity (24 h upstream).
+    pub room_ttl_ms: u64,
+    /// Most rooms held at once.
+    pub max_rooms: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue_cap: 1024,
+            stored_cap: 1024,
+            register_grace_ms: 10_000,
+            room_ttl_ms: 86_400_000,
+            max_rooms: 100_000,
+        }
+    }
+}
+
+/// A change to the rooms. Proposed by the node that received the request.
+#[allow(missing_docs)] // fields are the request's own parameters
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `POST /join/{room}`; `client` is the freshly generated id.
+    Join { room: String, client: String, loopback: bool, now_ms: u64 },
+    /// `POST /leave/{room}/{client}` (and `/bye`).
+    Leave { room: String, client: String, now_ms: u64 },
+    /// `POST /message/{room}/{client}`: stored while alone, otherwise sent through Collider.
+    Message { room: String, client: String, body: String, now_ms: u64 },
+    /// Collider `register` from a WebSocket at `at`.
+    Register { room: String, client: String, at: Binding, now_ms: u64 },
+    /// Collider send (`send` frame or HTTP `POST /{room}/{client}`) that may change state:
+    /// creates the sender or queues the message.
+    Send { room: String, client: String, body: String, now_ms: u64 },
+    /// The socket at `at` ended; the client gets the register grace period.
+    Unbind { room: String, client: String, at: Binding, now_ms: u64 },
+    /// Collider `DELETE /{room}/{client}`.
+    Remove { room: String, client: String, now_ms: u64 },
+    /// Time passed: remove clients whose grace ran out and idle rooms.
+    Tick { now_ms: u64 },
+}
+
+/// The answer to the proposer of a command.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Answer to [`Command::Join`].
+    Join(JoinOutcome),
+    /// Answer to [`Command::Leave`]: whether the client was a member.
+    Left(bool),
+    /// Answer to [`Command::Message`].
+    Message(MessageOutcome),
+    /// Answer to [`Command::Register`].
+    Register(Result<(), RegisterError>),
+    /// Answer to [`Command::Send`].
+    Send(Result<SendOutcome, SendError>),
+    /// Answer to [`Command::Unbind`]: whether the binding was current.
+    Unbound(bool),
+    /// Answer to [`Command::Remove`]: whether the client existed.
+    Removed(bool),
+    /// Answer to [`Command::Tick`]: how many clients and rooms expired.
+    Ticked { clients: usize, rooms: usize },
+}
+
+/// Result of a join.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinOutcome {
+    /// Joined; a non-initiator receives the other member's stored messages.
+    Joined { initiator: bool, messages: Vec<String> },
+    /// The room already holds two members.
+    Full,
+    /// The generated id is already a member (a random collision).
+    DuplicateClient,
+    /// The node holds as many rooms as it may.
+    TooManyRooms,
+}
+
+/// Result of `POST /message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageOutcome {
+    /// The sender is alone: the message waits for the next joiner.
+    Stored,
+    /// Two members: the message went to Collider.
+    Sent(SendOutcome),
+    /// No such room.
+    UnknownRoom,
+    /// The client is not a member.
+    UnknownClient,
+    /// The lone member already stored as many messages as allowed.
+    StoreFull,
+    /// Collider refused the message (AppRTC answers HTTP 500).
+    SendFailed(SendError),
+}
+
+/// What happened to a Collider message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendOutcome {
+    /// Handed to the peer's socket (see [`Effect::Deliver`]).
+    Delivered,
+    /// Queued on the sender until the peer registers.
+    Queued,
+}
+
+/// Why Collider refused a registration. `Display` is Collider's exact error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum RegisterError {
+    /// Two other client ids already exist in the room.
+    #[error("Max room capacity reached")]
+    MaxCapacity,
+    /// The client id is already bound to a live socket.
+    #[error("Duplicated registration")]
+    Duplicated,
+    /// The node holds as many rooms as it may.
+    #[error("Too many rooms")]
+    TooManyRooms,
+}
+
+/// Why Collider refused a message. `Display` is Collider's exact error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum SendError {
+    /// Two other client ids already exist in the room.
+    #[error("Max room capacity reached")]
+    MaxCapacity,
+    /// The sender's queue is full.
+    #[error("Too many messages queued for the client")]
+    QueueFull,
+    /// The node holds as many rooms as it may.
+    #[error("Too many rooms")]
+    TooManyRooms,
+}
+
+/// Something a node must do to its sockets because a command was applied. Each node acts on the
+/// effects whose binding names it.
+#[allow(missing_docs)] // fields name the room, client and socket
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Write these messages, in order, to the socket at `at`.
+    Deliver { room: String, to: String, at: Binding, messages: Vec<String> },
+    /// Close the socket at `at`: its client was removed.
+    Close { room: String, client: String, at: Binding },
+}
+
+/// A command's outcome plus the effects on sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The answer for the proposer.
+    pub outcome: Outcome,
+    /// What nodes must do to their sockets.
+    pub effects: Vec<Effect>,
+}
+
+/// Where a message from a registered client can go without changing any state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The peer is bound at this binding: deliver directly.
+    Direct(Binding),
+    /// State must change (sender unknown, or peer not registered): apply a command.
+    ViaLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Member {
+    id: String,
+    initiator: bool,
+    stored: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Client {
+    id: String,
+    binding: Option<Binding>,
+    queue: VecDeque<String>,
+    /// When an unbound client is removed.
+    deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Room {
+    members: Vec<Member>,
+    clients: Vec<Client>,
+    /// Last command that touched the room; idle rooms expire from here.
+    touched_ms: u64,
+}
+
+impl Room {
+    fn new(now_ms: u64) -> Self {
+        Room { members: Vec::new(), clients: Vec::new(), touched_ms: now_ms }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.clients.is_empty()
+    }
+
+    fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id == id)
+    }
+
+    fn other_client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id != id)
+    }
+
+    fn has_bound_client(&self) -> bool {
+        self.clients.iter().any(|c| c.binding.is_some())
+    }
+}
+
+/// A timer in the state machine: a client's register grace or a room's idle expiry.
+type Timer = (u64, String, Option<String>);
+
+/// All rooms. This is the replicated state; everything else on a node is derived from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rooms {
+    limits: Limits,
+    rooms: BTreeMap<String, Room>,
+    /// Index of every deadline in `rooms`, so that a tick does not scan all rooms.
+    #[serde(skip)]
+    timers: BTreeSet<Timer>,
+}
+
+impl PartialEq for Rooms {
+    fn eq(&self, other: &Self) -> bool {
+        self.limits == other.limits && self.rooms == other.rooms
+    }
+}
+
+impl Rooms {
+    /// An empty state machine.
+    pub fn new(limits: Limits) -> Self {
+        Rooms { limits, rooms: BTreeMap::new(), timers: BTreeSet::new() }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Rebuilds derived indexes after deserialising a snapshot.
+    pub fn rebuild_index(&mut self) {
+        self.timers.clear();
+        for (name, room) in &self.rooms {
+            if !room.has_bound_client() {
+                self.timers
+                    .insert((room.touched_ms + self.limits.room_ttl_ms, name.clone(), None));
+            }
+            for c in &room.clients {
+                if let Some(d) = c.deadline_ms {
+                    self.timers.insert((d, name.clone(), Some(c.id.clone())));
+                }
+            }
+        }
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Number of room-server members in `room` (the loopback pseudo-client counts).
+    pub fn occupancy(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.members.len())
+    }
+
+    /// Room-server member ids of `room`, in join order.
+    pub fn members(&self, room: &str) -> Vec<String> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members.iter().map(|m| m.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `client` is the initiator of `room`.
+    pub fn is_initiator(&self, room: &str, client: &str) -> Option<bool> {
+        self.rooms
+            .get(room)?
+            .members
+            .iter()
+            .find(|m| m.id == client)
+            .map(|m| m.initiator)
+    }
+
+    /// Collider client ids of `room` with their bindings.
+    pub fn clients(&self, room: &str) -> Vec<(String, Option<Binding>)> {
+        self.rooms
+            .get(room)
+            .map(|r| r.clients.iter().map(|c| (c.id.clone(), c.binding)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Messages queued by `client` in `room`.
+    pub fn queued(&self, room: &str, client: &str) -> usize {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.client(client))
+            .map_or(0, |c| c.queue.len())
+    }
+
+    /// Number of Collider clients bound to a socket (Collider's `openws`).
+    pub fn bound_count(&self) -> usize {
+        self.rooms
+            .values()
+            .map(|r| r.clients.iter().filter(|c| c.binding.is_some()).count())
+            .sum()
+    }
+
+    /// Every binding held by `node`, for a node that restarted or died.
+    pub fn bindings_on(&self, node: NodeId) -> Vec<(String, String, Binding)> {
+        let mut out = Vec::new();
+        for (name, room) in &self.rooms {
+            for c in &room.clients {
+                if let Some(b) = c.binding.filter(|b| b.node == node) {
+                    out.push((name.clone(), c.id.clone(), b));
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline, if any: the next [`Command::Tick`] worth proposing.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    /// Where a Collider message from `from` goes if nothing needs to change: the sender exists
+    /// and the other client is bound.
+    pub fn collider_route(&self, room: &str, from: &str) -> Route {
+        let Some(r) = self.rooms.get(room) else { return Route::ViaLog };
+        if r.client(from).is_none() {
+            return Route::ViaLog;
+        }
+        match r.other_client(from).and_then(|c| c.binding) {
+            Some(b) => Route::Direct(b),
+            None => Route::ViaLog,
+        }
+    }
+
+    /// Same as [`Rooms::collider_route`] for `POST /message`: also requires a two-member room of
+    /// which the sender is a member (otherwise the message is stored or refused).
+    pub fn message_route(&self, room: &str, from: &str) -> Route {
+        match self.rooms.get(room) {
+            Some(r) if r.members.len() >= ROOM_CAPACITY && r.members.iter().any(|m| m.id == from) => {
+                self.collider_route(room, from)
+            }
+            _ => Route::ViaLog,
+        }
+    }
+
+    /// Applies one command. Deterministic: the same commands in the same order give the same
+    /// state, outcomes and effects on every node.
+    pub fn apply(&mut self, cmd: Command) -> Applied {
+        let mut effects = Vec::new();
+        let outcome = match cmd {
+            Command::Join { room, client, loopback, now_ms } => {
+                Outcome::Join(self.join(room, client, loopback, now_ms))
+            }
+            Command::Leave { room, client, now_ms } => {
+                Outcome::Left(self.leave(&room, &client, now_ms))
+            }
+            Command::Message { room, client, body, now_ms } => {
+                Outcome::Message(self.message(room, client, body, now_ms, &mut effects))
+            }
+            Command::Register { room, client, at, now_ms } => {
+                Outcome::Register(self.register(room, client, at, now_ms, &mut effects))
+            }
+            Command::Send { room, client, body, now_ms } => {
+                Outcome::Send(self.send(room, client, body, now_ms, &mut effects))
+            }
+            Command::Unbind { room, client, at, now_ms } => {
+                Outcome::Unbound(self.unbind(&room, &client, at, now_ms))
+            }
+            Command::Remove { room, client, now_ms } => {
+                Outcome::Removed(self.remove_client(&room, &client, now_ms, &mut effects))
+            }
+            Command::Tick { now_ms } => self.tick(now_ms, &mut effects),
+        };
+        Applied { outcome, effects }
+    }
+
+    // ---- room lifecycle and timers ----
+
+    /// Gets or creates a room, refreshing its idle timer.
+    fn touch(&mut self, room: &str, now_ms: u64) -> Option<&mut Room> {
+        if !self.rooms.contains_key(room) {
+            if self.rooms.len() >= self.limits.max_rooms {
+                return None;
+            }
+            self.rooms.insert(room.to_owned(), Room::new(now_ms));
+            self.timers.insert((now_ms + self.limits.room_ttl_ms, room.to_owned(), None));
+        }
+        self.refresh(room, now_ms);
+        self.rooms.get_mut(room)
+    }
+
+    /// Moves a room's idle timer to `now + ttl`; rooms with a bound socket have none.
+    fn refresh(&mut self, room: &str, now_ms: u64) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let ttl = self.limits.room_ttl_ms;
+        self.timers.remove(&(r.touched_ms + ttl, room.to_owned(), None));
+        r.touched_ms = now_ms;
+        if !r.has_bound_client() {
+            self.timers.insert((now_ms + ttl, room.to_owned(), None));
+        }
+    }
+
+    fn drop_if_empty(&mut self, room: &str) {
+        if self.rooms.get(room).is_some_and(Room::is_empty) {
+            if let Some(r) = self.rooms.remove(room) {
+                self.timers
+                    .remove(&(r.touched_ms + self.limits.room_ttl_ms, room.to_owned(), None));
+            }
+        }
+    }
+
+    fn set_deadline(&mut self, room: &str, client: &str, deadline: Option<u64>) {
+        let Some(c) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.clients.iter_mut().find(|c| c.id == client))
+        else {
+            return;
+        };
+        if let Some(old) = c.deadline_ms.take() {
+            self.timers.remove(&(old, room.to_owned(), Some(client.to_owned())));
+        }
+        c.deadline_ms = deadline;
+        if let Some(d) = deadline {
+            self.timers.insert((d, room.to_owned(), Some(client.to_owned())));
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64, effects: &mut Vec<Effect>) -> Outcome {
+        let (mut clients, mut rooms) = (0, 0);
+        while let Some((due, room, client)) = self.timers.first().cloned() {
+            if due > now_ms {
+                break;
+            }
+            self.timers.pop_first();
+            match client {
+                Some(client) => {
+                    if let Some(c) = self.rooms.get_mut(&room).and_then(|r| {
+                        r.clients.iter_mut().find(|c| c.id == client)
+                    }) {
+                        c.deadline_ms = None;
+                    }
+                    if self.remove_client(&room, &client, now_ms, effects) {
+                        clients += 1;
+                    }
+                }
+                None => {
+                    // A room expires only when no socket is bound to it (a call may last longer
+                    // than the idle TTL; its sockets keep it alive).
+                    let Some(r) = self.rooms.get(&room) else { continue };
+                    if r.has_bound_client() {
+                        continue;
+                    }
+                    if let Some(r) = self.rooms.remove(&room) {
+                        for c in &r.clients {
+                            if let Some(d) = c.deadline_ms {
+                                self.timers.remove(&(d, room.clone(), Some(c.id.clone())));
+                            }
+                        }
+                        rooms += 1;
+                    }
+                }
+            }
+        }
+        Outcome::Ticked { clients, rooms }
+    }
+
+    // ---- room server (AppRTC GAE) ----
+
+    fn join(&mut self, room: String, client: String, loopback: bool, now_ms: u64) -> JoinOutcome {
+        let Some(r) = self.touch(&room, now_ms) else { return JoinOutcome::TooManyRooms };
+        if r.members.len() >= ROOM_CAPACITY {
+            return JoinOutcome::Full;
+        }
+        if r.members.iter().any(|m| m.id == client) {
+            return JoinOutcome::DuplicateClient;
+        }
+        match r.members.first_mut() {
+            None => {
+                r.members.push(Member { id: client, initiator: true, stored: Vec::new() });
+                if loopback {
+                    r.members.push(Member {
+                        id: LOOPBACK_CLIENT_ID.to_owned(),
+                        initiator: false,
+                        stored: Vec::new(),
+                    });
+                }
+                JoinOutcome::Joined { initiator: true, messages: Vec::new() }
+            }
+            Some(other) => {
+                let messages = std::mem::take(&mut other.stored);
+                r.members.push(Member { id: client, initiator: false, stored: Vec::new() });
+                JoinOutcome::Joined { initiator: false, messages }
+            }
+        }
+    }
+
+    fn leave(&mut self, room: &str, client: &str, now_ms: u64) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else { return false };
+        let before = r.members.len();
+        r.members.retain(|m| m.id != client);
+        let was_member = r.members.len() != before;
+        if was_member {
+            r.members.retain(|m| m.id != LOOPBACK_CLIENT_ID);
+            if let Some(m) = r.members.first_mut() {
+                m.initiator = true;
+            }
+            self.refresh(room, now_ms);
+            self.drop_if_empty(room);
+        }
+        was_member
+    }
+
+    fn message(
+        &mut self,
+        room: String,
+        client: String,
+        body: String,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> MessageOutcome {
+        let stored_cap = self.limits.stored_cap;
+        let Some(r) = self.rooms.get_mut(&room) else { return MessageOutcome::UnknownRoom };
+        if r.members.is_empty() {
+            return MessageOutcome::UnknownRoom;
+        }
+        let alone = r.members.len() == 1;
+        let Some(m) = r.members.iter_mut().find(|m| m.id == client) else {
+            return MessageOutcome::UnknownClient;
+        };
+        if alone {
+            if m.stored.len() >= stored_cap {
+                return MessageOutcome::StoreFull;
+            }
+            m.stored.push(body);
+            self.refresh(&room, now_ms);
+            return MessageOutcome::Stored;
+        }
+        match self.send(room, client, body, now_ms, effects) {
+            Ok(sent) => MessageOutcome::Sent(sent),
+            Err(e) => MessageOutcome::SendFailed(e),
+        }
+    }
+
+    // ---- Collider ----
+
+    /// Finds `client` in the Collider view, creating it (with a register deadline) if there is
+    /// room for it.
+    fn client_or_create(
+        &mut self,
+        room: &str,
+        client: &str,
+        now_ms: u64,
+    ) -> Result<(), SendError> {
+        let grace = self.limits.register_grace_ms;
+        let r = self.touch(room, now_ms).ok_or(SendError::TooManyRooms)?;
+        if r.client(client).is_some() {
+            return Ok(());
+        }
+        if r.clients.len() >= ROOM_CAPACITY {
+            self.drop_if_empty(room);
+            return Err(SendError::MaxCapacity);
+        }
+        r.clients.push(Client {
+            id: client.to_owned(),
+            binding: None,
+            queue: VecDeque::new(),
+            deadline_ms: None,
+        });
+        self.set_deadline(room, client, Some(now_ms + grace));
+        Ok(())
+    }
+
+    fn register(
+        &mut self,
+        room: String,
+        client: String,
+        at: Binding,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), RegisterError> {
+        self.client_or_create(&room, &client, now_ms).map_err(|e| match e {
+            SendError::TooManyRooms => RegisterError::TooManyRooms,
+            _ => RegisterError::MaxCapacity,
+        })?;
+        let r = self.rooms.get_mut(&room).expect("client_or_create made the room");
+        let c = r
+            .clients
+            .iter_mut()
+            .find(|c| c.id == client)
+            .expect("client_or_create made the client");
+        if c.binding.is_some() {
+            return Err(RegisterError::Duplicated);
+        }
+        c.binding = Some(at);
+        // The other client's queue is flushed to the newcomer, in order.
+        if let Some(other) = r.clients.iter_mut().find(|c| c.id != client) {
+            if !other.queue.is_empty() {
+                let messages: Vec<String> = other.queue.drain(..).collect();
+                effects.push(Effect::Deliver { room: room.clone(), to: client.clone(), at, messages });
+            }
+        }
+        self.set_deadline(&room, &client, None);
+        self.refresh(&room, now_ms);
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        room: String,
+        client: String,
+        body: String,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<SendOutcome, SendError> {
+        self.client_or_create(&room, &client, now_ms)?;
+        let queue_cap = self.limits.queue_cap;
+        let r = self.rooms.get_mut(&room).expect("client_or_create made the room");
+        if let Some(other) = r.other_client(&client) {
+            if let Some(at) = other.binding {
+                let to = other.id.clone();
+                effects.push(Effect::Deliver { room, to, at, messages: vec![body] });
+                return Ok(SendOutcome::Delivered);
+            }
+        }
+        let c = r
+            .clients
+            .iter_mut()
+            .find(|c| c.id == client)
+            .expect("client_or_create made the client");
+        if c.queue.len() >= queue_cap {
+            return Err(SendError::QueueFull);
+        }
+        c.queue.push_back(body);
+        Ok(SendOutcome::Queued)
+    }
+
+    fn unbind(&mut self, room: &str, client: &str, at: Binding, now_ms: u64) -> bool {
+        let grace = self.limits.register_grace_ms;
+        let Some(c) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.clients.iter_mut().find(|c| c.id == client))
+        else {
+            return false;
+        };
+        // A late close of an old socket must not unbind a newer registration.
+        if c.binding != Some(at) {
+            return false;
+        }
+        c.binding = None;
+        self.set_deadline(room, client, Some(now_ms + grace));
+        self.refresh(room, now_ms);
+        true
+    }
+
+    /// Removes a Collider client (DELETE, or its grace ran out) and, as AppRTC's `/bye` notice
+    /// meant to, its room-server membership.
+    fn remove_client(
+        &mut self,
+        room: &str,
+        client: &str,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else { return false };
+        let Some(i) = r.clients.iter().position(|c| c.id == client) else { return false };
+        let c = r.clients.remove(i);
+        if let Some(at) = c.binding {
+            effects.push(Effect::Close { room: room.to_owned(), client: client.to_owned(), at });
+        }
+        if let Some(d) = c.deadline_ms {
+            self.timers.remove(&(d, room.to_owned(), Some(client.to_owned())));
+        }
+        self.leave(room, client, now_ms);
+        self.refresh(room, now_ms);
+        self.drop_if_empty(room);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
