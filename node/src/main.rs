@@ -1,1 +1,184 @@
-fn main(){}
+//! # switchboard
+//!
+//! One node of Switchboard: AppRTC room server, Collider signaling and the web client on one
+//! HTTP(S) listener.
+//!
+//! ## Layout
+//! - `config`: TOML + environment + flags.
+//! - `membership`: the door to the room state machine (`switchboard-proto::rooms`).
+//! - `rooms/`: `RoomRegistry` and one `RoomActor` per room with a socket here.
+//! - `signaling/`: one `SignalingSession` actor per WebSocket, Collider's HTTP handlers.
+//! - `http/`: routes, room-server API, web pages, operations endpoints, TLS.
+//! - `web/`: the static web client, compiled in.
+//!
+//! ## Lifecycle
+//! Start: load config → metrics → registry + membership → listeners. SIGTERM/SIGINT: mark the
+//! node draining (`/readyz` 503), tell every socket to go away (close 1001), then stop the
+//! listeners within `http.shutdown_timeout_secs`.
+#![forbid(unsafe_code)]
+
+mod config;
+mod http;
+mod membership;
+mod node;
+mod rooms;
+mod signaling;
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use switchboard_proto::rooms::Command;
+use tracing::{error, info, warn};
+
+use crate::config::{Cli, Config};
+use crate::membership::Membership;
+use crate::node::Node;
+use crate::rooms::{now_ms, RoomRegistry};
+
+/// How often the node checks for register-grace and room-idle deadlines.
+const TICK_INTERVAL: Duration = Duration::from_millis(200);
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if cli.print_config {
+        println!("{config:#?}");
+        return;
+    }
+    init_tracing(&config);
+    if let Err(e) = actix_web::rt::System::new().block_on(run(config)) {
+        error!("{e:#}");
+        eprintln!("switchboard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    http::ops::install_metrics()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let registry_ctx = Context::<RoomRegistry>::new();
+    let registry = registry_ctx.address();
+    let membership = Membership::local(config.node.id, config.limits(), registry.clone().recipient());
+    registry_ctx.run(RoomRegistry::new(membership.clone()));
+
+    let node = web::Data::new(Node::new(config.clone(), membership.clone(), registry));
+    spawn_ticker(membership.clone());
+
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(http::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
+    let main_node = node.clone();
+    let mut server = HttpServer::new(move || App::new().app_data(main_node.clone()).configure(http::routes))
+        .disable_signals()
+        .shutdown_timeout(config.http.shutdown_timeout_secs)
+        .max_connections(config.http.max_connections)
+        .client_request_timeout(Duration::from_secs(10));
+    if config.http.workers > 0 {
+        server = server.workers(config.http.workers);
+    }
+    let listen = config.http.listen;
+    server = match &tls {
+        Some(t) => server.bind_rustls_0_23(listen, t.clone()),
+        None => server.bind(listen),
+    }
+    .with_context(|| format!("cannot listen on {listen}"))?;
+    let main = server.run();
+    let mut handles = vec![main.handle()];
+    let mut servers = vec![main];
+
+    if !config.http.signaling_listen.is_empty() {
+        let addr: std::net::SocketAddr = config.http.signaling_listen.parse()?;
+        let sig_node = node.clone();
+        let mut sig = HttpServer::new(move || App::new().app_data(sig_node.clone()).configure(http::signaling_routes))
+            .disable_signals()
+            .shutdown_timeout(config.http.shutdown_timeout_secs)
+            .max_connections(config.http.max_connections);
+        if config.http.workers > 0 {
+            sig = sig.workers(config.http.workers);
+        }
+        let sig = match &tls {
+            Some(t) => sig.bind_rustls_0_23(addr, t.clone()),
+            None => sig.bind(addr),
+        }
+        .with_context(|| format!("cannot listen on {addr}"))?
+        .run();
+        info!("Collider-style signaling listener on {scheme}://{addr}");
+        handles.push(sig.handle());
+        servers.push(sig);
+    }
+
+    info!(node = config.node.id, "Switchboard listening on {scheme}://{listen}");
+    let example_room: String = format!("{:06}", rand::random::<u32>() % 1_000_000);
+    info!("open {scheme}://{listen}/r/{example_room} in two browsers to start a call");
+
+    actix_web::rt::spawn(shutdown_on_signal(node.clone(), handles));
+    for s in servers {
+        s.await.context("HTTP server failed")?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Applies `Tick` whenever a register grace or idle room is due.
+fn spawn_ticker(membership: Membership) {
+    actix_web::rt::spawn(async move {
+        let mut interval = actix_web::rt::time::interval(TICK_INTERVAL);
+        loop {
+            interval.tick().await;
+            let now = now_ms();
+            if membership.read(|r| r.next_deadline()).is_some_and(|d| d <= now) {
+                if let Err(e) = membership.propose(Command::Tick { now_ms: now }).await {
+                    warn!(error = %e, "tick failed");
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::ServerHandle>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    node.start_draining();
+    let n = node.sessions.going_away();
+    info!(sessions = n, "told sockets to reconnect elsewhere (1001 Going Away)");
+    // Give the close frames a moment to reach the wire before the listeners stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while node.sessions.open() > 0 && std::time::Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    for h in handles {
+        h.stop(true).await;
+    }
+}

@@ -1,0 +1,312 @@
+//! Node configuration: embedded defaults (`configs/single.toml`) < a TOML file < environment
+//! (`SWITCHBOARD_SECTION__KEY=value`) < command-line flags. Unknown keys are errors, not typos
+//! silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use switchboard_proto::rooms::Limits;
+
+/// The single-node configuration compiled into the binary.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../configs/single.toml");
+
+/// Prefix of environment overrides; `__` separates the section from the key.
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Command-line flags. Every setting can also be given with `--set section.key=value`.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "WebRTC rendezvous node: AppRTC room server, Collider signaling, STUN/TURN")]
+pub struct Cli {
+    /// TOML configuration file; without it the embedded single-node defaults apply.
+    #[arg(short, long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Public HTTP(S) listener (room server, web client, signaling), e.g. 127.0.0.1:8083.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Node id in the cluster.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Any setting, as `section.key=value` (value in TOML syntax; bare words are strings).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub http: HttpSection,
+    pub rooms: RoomsSection,
+    pub apprtc: ApprtcSection,
+    pub ice: IceSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's id (1 on a single node).
+    pub id: u64,
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Public listener: room server, web client, REST, WebSocket signaling.
+    pub listen: SocketAddr,
+    /// Optional second listener with the same handlers, for deployments that split Collider
+    /// onto its own port as AppRTC did (8089). Empty: none.
+    pub signaling_listen: String,
+    /// PEM certificate chain; with `tls_key` the listeners speak HTTPS/WSS.
+    pub tls_cert: String,
+    /// PEM private key.
+    pub tls_key: String,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Most simultaneous connections per worker.
+    pub max_connections: usize,
+    /// Most simultaneous WebSocket sessions on this node.
+    pub max_sessions: usize,
+    /// Largest signaling message (HTTP body or WebSocket frame) in bytes.
+    pub max_message_bytes: usize,
+    /// Frames a session may have waiting for a slow socket before it is closed.
+    pub session_send_queue: usize,
+    /// Seconds the node waits for connections to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsSection {
+    /// Milliseconds an unregistered Collider client is kept (AppRTC: 10 000).
+    pub register_grace_ms: u64,
+    /// Messages queued per client for a peer that has not registered (AppRTC: 1024).
+    pub queue_cap: usize,
+    /// Messages a lone member may store for the next joiner.
+    pub stored_cap: usize,
+    /// Most rooms at once.
+    pub max_rooms: usize,
+    /// Seconds a room without a connected socket lives after its last activity (AppRTC: 86 400).
+    pub room_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprtcSection {
+    /// Base of `ice_server_url`; empty means this server.
+    pub ice_server_base_url: String,
+    /// `key` of `ice_server_url` (AppRTC's ICE_SERVER_API_KEY).
+    pub ice_server_api_key: String,
+    /// Banner shown by the web client; empty for none.
+    pub header_message: String,
+    /// `host:port` put in `wss_url`; empty means the host the client used.
+    pub signaling_host_port: String,
+    /// `"auto"` follows the request's scheme, or `"true"` / `"false"`.
+    pub signaling_tls: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceSection {
+    /// `stun:` URIs handed out by `/v1alpha/iceconfig`. `{host}` is replaced by the host name
+    /// the client used.
+    pub stun_urls: Vec<String>,
+    /// `turn:`/`turns:` URIs of a TURN server that shares `turn_secret` (until the built-in
+    /// TURN server is enabled, an external coturn with `use-auth-secret`). `{host}` as above.
+    pub turn_urls: Vec<String>,
+    /// Shared secret for TURN REST credentials; empty hands out no TURN entry.
+    pub turn_secret: String,
+    /// Lifetime of issued TURN credentials in seconds.
+    pub turn_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `tracing` filter, e.g. `info` or `switchboard=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Config {
+    /// Loads the configuration from the CLI, file and environment.
+    pub fn load(cli: &Cli) -> Result<Config> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(cli, &env)
+    }
+
+    fn load_from(cli: &Cli, env: &[(String, String)]) -> Result<Config> {
+        let mut table: toml::Table =
+            EMBEDDED_DEFAULTS.parse().context("embedded defaults are not valid TOML")?;
+        if let Some(path) = &cli.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file: toml::Table = text
+                .parse()
+                .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            merge(&mut table, file);
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, value).with_context(|| format!("environment {key}"))?;
+        }
+        if let Some(listen) = &cli.listen {
+            set_path(&mut table, &["http".into(), "listen".into()], listen)?;
+        }
+        if let Some(id) = cli.node_id {
+            set_path(&mut table, &["node".into(), "id".into()], &id.to_string())?;
+        }
+        for kv in &cli.set {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--set {kv}: expected section.key=value");
+            };
+            let path: Vec<String> = k.split('.').map(str::to_owned).collect();
+            set_path(&mut table, &path, v).with_context(|| format!("--set {kv}"))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.http.tls_cert.is_empty() != self.http.tls_key.is_empty() {
+            bail!("http.tls_cert and http.tls_key must be given together");
+        }
+        if !self.http.signaling_listen.is_empty() {
+            self.http
+                .signaling_listen
+                .parse::<SocketAddr>()
+                .with_context(|| format!("http.signaling_listen {:?}", self.http.signaling_listen))?;
+        }
+        if self.http.max_message_bytes < 1024 {
+            bail!("http.max_message_bytes must be at least 1024");
+        }
+        if self.http.session_send_queue == 0 || self.http.max_sessions == 0 {
+            bail!("http.session_send_queue and http.max_sessions must be positive");
+        }
+        if self.rooms.queue_cap == 0 || self.rooms.max_rooms == 0 {
+            bail!("rooms.queue_cap and rooms.max_rooms must be positive");
+        }
+        if !matches!(self.apprtc.signaling_tls.as_str(), "auto" | "true" | "false") {
+            bail!("apprtc.signaling_tls must be \"auto\", \"true\" or \"false\"");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be \"text\" or \"json\"");
+        }
+        if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_empty() {
+            bail!("ice.turn_urls needs ice.turn_secret to issue credentials");
+        }
+        Ok(())
+    }
+
+    /// The bounds of the room state machine.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            queue_cap: self.rooms.queue_cap,
+            stored_cap: self.rooms.stored_cap,
+            register_grace_ms: self.rooms.register_grace_ms,
+            room_ttl_ms: self.rooms.room_ttl_secs.saturating_mul(1000),
+            max_rooms: self.rooms.max_rooms,
+        }
+    }
+
+    /// Whether the public listeners speak TLS.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        if self.http.tls_cert.is_empty() {
+            None
+        } else {
+            Some((Path::new(&self.http.tls_cert), Path::new(&self.http.tls_key)))
+        }
+    }
+}
+
+/// Deep-merges `over` into `base`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `path` to `raw`, read as a TOML value when it parses as one and as a string otherwise.
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<()> {
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut t = table;
+    for p in parents {
+        t = match t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+            toml::Value::Table(t) => t,
+            _ => bail!("{p} is not a section"),
+        };
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("switchboard").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = Config::load_from(&cli(&[]), &[]).unwrap();
+        assert_eq!(c.http.listen.port(), 8083);
+        assert_eq!(c.rooms.register_grace_ms, 10_000);
+        assert_eq!(c.rooms.queue_cap, 1024);
+        assert_eq!(c.http.max_message_bytes, 65_536);
+    }
+
+    #[test]
+    fn env_and_flags_override_in_order() {
+        let env = vec![
+            ("SWITCHBOARD_HTTP__LISTEN".to_string(), "127.0.0.9:9000".to_string()),
+            ("SWITCHBOARD_ROOMS__REGISTER_GRACE_MS".to_string(), "1000".to_string()),
+        ];
+        let c = Config::load_from(&cli(&[]), &env).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.9:9000");
+        assert_eq!(c.rooms.register_grace_ms, 1000);
+        let c = Config::load_from(&cli(&["--listen", "127.0.0.2:1", "--set", "rooms.queue_cap=5"]), &env).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.2:1");
+        assert_eq!(c.rooms.queue_cap, 5);
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let e = Config::load_from(&cli(&["--set", "http.lisen=1"]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `lisen`"), "{e:#}");
+        let e = Config::load_from(&cli(&["--set", "http.listen=nowhere"]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid"), "{e:#}");
+        let e = Config::load_from(&cli(&["--set", "http.tls_cert=a.pem"]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("tls_key"), "{e:#}");
+        let e = Config::load_from(&cli(&["--config", "/nonexistent.toml"]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+}

@@ -1,0 +1,90 @@
+//! The public HTTP listener: AppRTC room server, web client, ICE/TURN REST, Collider signaling
+//! and operations endpoints. Room-server routes come first; every other path is Collider's.
+
+pub mod ops;
+pub mod pages;
+pub mod room_api;
+pub mod tls;
+
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use switchboard_proto::apprtc::RequestInfo;
+
+use crate::signaling;
+
+/// Routes of the main listener.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(pages::index))
+        .service(web::resource("/r/{room}").route(web::get().to(pages::room)))
+        .service(web::resource("/js/{file}").route(web::get().to(pages::asset)))
+        .service(web::resource("/css/{file}").route(web::get().to(pages::asset)))
+        .service(web::resource("/favicon.ico").route(web::get().to(pages::favicon)))
+        .service(web::resource("/join/{room}").route(web::post().to(room_api::join)))
+        .service(web::resource("/message/{room}/{client}").route(web::post().to(room_api::message)))
+        .service(web::resource("/leave/{room}/{client}").route(web::post().to(room_api::leave)))
+        // AppRTC's old name for leave, which Collider still posts to.
+        .service(web::resource("/bye/{room}/{client}").route(web::post().to(room_api::leave)))
+        .service(web::resource("/params").route(web::get().to(room_api::params)))
+        .service(
+            web::resource("/v1alpha/iceconfig")
+                .route(web::post().to(room_api::iceconfig))
+                .route(web::get().to(room_api::iceconfig)),
+        )
+        .service(web::resource("/turn").route(web::get().to(room_api::turn_rest)))
+        .service(web::resource("/a/").route(web::post().to(room_api::analytics)))
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+    signaling_routes(cfg);
+}
+
+/// Collider's routes alone, for the optional separate signaling listener.
+pub fn signaling_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/ws").route(web::get().to(signaling::session::ws_handler)))
+        .service(web::resource("/status").route(web::get().to(signaling::http::status)))
+        .default_service(web::to(signaling::http::collider_handler));
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Longer than the limit (bytes).
+    TooLarge(usize),
+    /// The connection failed mid-body.
+    Read(String),
+}
+
+/// Reads a whole body, refusing more than `limit` bytes without buffering them.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// What the AppRTC parameters need from a request.
+pub fn request_info(req: &HttpRequest) -> RequestInfo {
+    let conn = req.connection_info();
+    let scheme = conn.scheme().to_owned();
+    let host = conn.host().to_owned();
+    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    RequestInfo {
+        base_url: format!("{scheme}://{host}"),
+        secure: scheme == "https",
+        host,
+        query,
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}

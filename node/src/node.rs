@@ -1,0 +1,120 @@
+//! What every handler of a node shares: configuration, the membership, the room registry, the
+//! open sessions and the counters Collider reports on `/status`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix::Addr;
+use switchboard_proto::apprtc;
+use switchboard_proto::rooms::Binding;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::membership::Membership;
+use crate::rooms::{RoomRegistry, ToRoom};
+use crate::signaling::Directory;
+
+/// Shared state of a node.
+pub struct Node {
+    pub config: Config,
+    pub membership: Membership,
+    pub registry: Addr<RoomRegistry>,
+    pub sessions: Directory,
+    pub stats: ColliderStats,
+    pub apprtc: apprtc::Settings,
+    pub started: Instant,
+    draining: AtomicBool,
+}
+
+impl Node {
+    pub fn new(config: Config, membership: Membership, registry: Addr<RoomRegistry>) -> Self {
+        let apprtc = apprtc_settings(&config);
+        Node {
+            sessions: Directory::new(config.http.max_sessions),
+            config,
+            membership,
+            registry,
+            stats: ColliderStats::default(),
+            apprtc,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the node is shutting down (not ready, refuses new work).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the node as shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Writes `msg` to the socket bound at `at`, which the membership says is the peer's.
+    pub fn deliver(&self, room: &str, at: Binding, msg: String) {
+        if at.node == self.membership.node_id() {
+            self.registry.do_send(ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg] });
+        } else {
+            debug!(node = at.node, "delivery to another node without a cluster link");
+        }
+    }
+}
+
+fn apprtc_settings(config: &Config) -> apprtc::Settings {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    apprtc::Settings {
+        ice_server_base_url: non_empty(&config.apprtc.ice_server_base_url),
+        ice_server_api_key: config.apprtc.ice_server_api_key.clone(),
+        ice_servers_override: None,
+        header_message: non_empty(&config.apprtc.header_message),
+        signaling_host_port: non_empty(&config.apprtc.signaling_host_port),
+        signaling_tls: match config.apprtc.signaling_tls.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        signaling_nodes: Vec::new(),
+    }
+}
+
+/// Collider's `/status` counters.
+#[derive(Default)]
+pub struct ColliderStats {
+    open: AtomicU64,
+    total: AtomicU64,
+    ws_errors: AtomicU64,
+    http_errors: AtomicU64,
+}
+
+impl ColliderStats {
+    pub fn registered(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchboard_registrations_total").increment(1);
+    }
+
+    pub fn unregistered(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn wserror(&self) {
+        self.ws_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchboard_errors_total", "kind" => "websocket").increment(1);
+    }
+
+    pub fn httperror(&self) {
+        self.http_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchboard_errors_total", "kind" => "http").increment(1);
+    }
+
+    /// (openws, totalws, wserrors, httperrors).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+            self.ws_errors.load(Ordering::Relaxed),
+            self.http_errors.load(Ordering::Relaxed),
+        )
+    }
+}

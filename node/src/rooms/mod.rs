@@ -1,0 +1,23 @@
+//! Rooms on this node: the [`RoomRegistry`] (one per node) and a [`RoomActor`] per room that has
+//! a socket here. They hold the node's sockets; who is in which room lives in the membership.
+
+mod registry;
+mod room;
+
+pub use registry::{ApplyEffects, RegisterSession, RoomRegistry, ToRoom};
+pub use room::{now_ms, Attach, Detach, Relay, RoomActor};
+
+use actix::{Message, Recipient};
+
+/// What a room tells one of its sessions.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// Write this signaling message to the socket as a Collider frame.
+    Deliver(String),
+    /// Close the socket: the client was removed (Collider `DELETE`) or evicted.
+    Close,
+}
+
+/// A session of a room on this node.
+pub type SessionRecipient = Recipient<ToSession>;

@@ -1,0 +1,301 @@
+//! `SignalingSession`: one actor per Collider WebSocket. It decodes `register`/`send` frames,
+//! answers errors with Collider's texts, and writes peer messages back through a bounded backlog.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use bytes::Bytes;
+use switchboard_proto::collider::{self, ClientFrame, FrameError};
+use switchboard_proto::rooms::SessionId;
+use tracing::{debug, info, warn};
+
+use super::directory::Reservation;
+use crate::node::Node;
+use crate::rooms::{Attach, Detach, RegisterSession, Relay, RoomActor, ToSession};
+
+/// How often a session pings its client.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// A client silent for this long (no frame, no pong) is dropped.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Tells a session the node is shutting down: close with 1001 Going Away.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GoingAway;
+
+enum Out {
+    Text(String),
+    Pong(Bytes),
+    Ping,
+}
+
+struct Registered {
+    room: String,
+    client: String,
+    addr: Addr<RoomActor>,
+}
+
+/// One per WebSocket.
+pub struct SignalingSession {
+    id: SessionId,
+    node: web::Data<Node>,
+    ws: actix_ws::Session,
+    registered: Option<Registered>,
+    registering: bool,
+    backlog: VecDeque<Out>,
+    writing: bool,
+    close: Option<CloseReason>,
+    close_sent: bool,
+    last_seen: Instant,
+    _slot: Reservation,
+}
+
+/// `GET /ws`: upgrades to a Collider WebSocket. No `Origin` is required (AppRTC's Collider
+/// refused handshakes without one; native clients may not send it).
+pub async fn ws_handler(
+    req: HttpRequest,
+    body: web::Payload,
+    node: web::Data<Node>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if node.is_draining() {
+        return Ok(HttpResponse::ServiceUnavailable().body("node is shutting down\n"));
+    }
+    let Some(slot) = node.sessions.reserve() else {
+        warn!("WebSocket refused: session limit reached");
+        metrics::counter!("switchboard_errors_total", "kind" => "session_limit").increment(1);
+        return Ok(HttpResponse::ServiceUnavailable().body("too many sessions\n"));
+    };
+    let (resp, ws, stream) = actix_ws::handle(&req, body)?;
+    let max = node.config.http.max_message_bytes;
+    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
+    let id = SessionId::random();
+    SignalingSession::create(move |ctx| {
+        ctx.add_stream(stream);
+        node.sessions.insert(id, ctx.address());
+        SignalingSession {
+            id,
+            node,
+            ws,
+            registered: None,
+            registering: false,
+            backlog: VecDeque::new(),
+            writing: false,
+            close: None,
+            close_sent: false,
+            last_seen: Instant::now(),
+            _slot: slot,
+        }
+    });
+    Ok(resp)
+}
+
+impl SignalingSession {
+    fn push(&mut self, out: Out, ctx: &mut Context<Self>) {
+        if self.close.is_some() {
+            return;
+        }
+        if self.backlog.len() >= self.node.config.http.session_send_queue {
+            warn!(session = %self.id, "client does not read its socket; closing it");
+            metrics::counter!("switchboard_errors_total", "kind" => "slow_consumer").increment(1);
+            self.backlog.clear();
+            self.close_with(CloseCode::Policy, "send queue full", ctx);
+            return;
+        }
+        self.backlog.push_back(out);
+        self.pump(ctx);
+    }
+
+    fn send_error(&mut self, error: &str, fatal: bool, ctx: &mut Context<Self>) {
+        self.node.stats.wserror();
+        self.push(Out::Text(collider::error_frame(error)), ctx);
+        if fatal {
+            // Collider: the error frame, then a close frame with status 1000, then TCP close.
+            self.close_with(CloseCode::Normal, "", ctx);
+        }
+    }
+
+    fn close_with(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        if self.close.is_none() {
+            let description = (!reason.is_empty()).then(|| reason.to_owned());
+            self.close = Some(CloseReason { code, description });
+            self.pump(ctx);
+        }
+    }
+
+    /// Writes the backlog, then the close frame if one is due, one writer at a time so frames
+    /// keep their order.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        let frames: Vec<Out> = self.backlog.drain(..).collect();
+        let close = if self.close_sent { None } else { self.close.clone() };
+        if frames.is_empty() && close.is_none() {
+            return;
+        }
+        self.close_sent |= close.is_some();
+        self.writing = true;
+        let mut ws = self.ws.clone();
+        let write = async move {
+            for f in frames {
+                match f {
+                    Out::Text(t) => ws.text(t).await?,
+                    Out::Pong(b) => ws.pong(&b).await?,
+                    Out::Ping => ws.ping(b"").await?,
+                }
+            }
+            match close {
+                Some(reason) => ws.close(Some(reason)).await.map(|_| true),
+                None => Ok(false),
+            }
+        };
+        ctx.spawn(write.into_actor(self).map(|res, act, ctx| {
+            act.writing = false;
+            match res {
+                Ok(false) => act.pump(ctx),
+                // Closed by us, or the socket is gone.
+                _ => ctx.stop(),
+            }
+        }));
+    }
+
+    fn on_frame(&mut self, data: &[u8], ctx: &mut Context<Self>) {
+        match collider::parse_client_frame(data) {
+            Ok(ClientFrame::Register { room, client }) => self.on_register(room, client, ctx),
+            Ok(ClientFrame::Send { msg }) => {
+                let Some(reg) = &self.registered else {
+                    self.send_error(collider::ERR_NOT_REGISTERED, true, ctx);
+                    return;
+                };
+                let relay = Relay { session: self.id, msg };
+                if reg.addr.try_send(relay).is_err() {
+                    debug!(session = %self.id, "room mailbox full; message dropped");
+                    metrics::counter!("switchboard_errors_total", "kind" => "room_busy").increment(1);
+                    self.send_error("Too many messages in flight", false, ctx);
+                }
+            }
+            Err(e) => {
+                debug!(session = %self.id, error = %e, "bad frame");
+                self.send_error(&e.to_string(), e.is_fatal(), ctx);
+            }
+        }
+    }
+
+    fn on_register(&mut self, room: String, client: String, ctx: &mut Context<Self>) {
+        if self.registered.is_some() || self.registering {
+            self.send_error(collider::ERR_DUPLICATED_REGISTER, true, ctx);
+            return;
+        }
+        self.registering = true;
+        let attach = Attach {
+            room: room.clone(),
+            client: client.clone(),
+            session: self.id,
+            to: ctx.address().recipient(),
+        };
+        // Hold further frames until the registration is applied: a `send` right behind the
+        // `register` must find the session registered.
+        self.node
+            .registry
+            .send(RegisterSession(attach))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.registering = false;
+                match res {
+                    Ok(Ok(addr)) => {
+                        debug!(session = %act.id, %room, %client, "registered");
+                        act.node.stats.registered();
+                        act.registered = Some(Registered { room, client, addr });
+                    }
+                    Ok(Err(e)) => act.send_error(&e.to_string(), true, ctx),
+                    Err(_) => act.send_error("Service unavailable", true, ctx),
+                }
+            })
+            .wait(ctx);
+    }
+}
+
+impl Actor for SignalingSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.node.config.http.session_send_queue);
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_seen.elapsed() > CLIENT_TIMEOUT {
+                info!(session = %act.id, "client timed out");
+                ctx.stop();
+            } else {
+                act.push(Out::Ping, ctx);
+            }
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        if let Some(reg) = self.registered.take() {
+            debug!(session = %self.id, room = %reg.room, client = %reg.client, "socket ended");
+            self.node.stats.unregistered();
+            reg.addr.do_send(Detach { session: self.id });
+        }
+        self.node.sessions.remove(self.id);
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSession {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(AggregatedMessage::Text(t)) => self.on_frame(t.as_bytes(), ctx),
+            // Collider decodes binary frames as JSON, like text.
+            Ok(AggregatedMessage::Binary(b)) => self.on_frame(&b, ctx),
+            Ok(AggregatedMessage::Ping(b)) => self.push(Out::Pong(b), ctx),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => self.close_with(CloseCode::Normal, "", ctx),
+            Err(ProtocolError::Overflow) => {
+                metrics::counter!("switchboard_errors_total", "kind" => "oversized").increment(1);
+                let e = FrameError::Json("message too large".into());
+                self.node.stats.wserror();
+                self.push(Out::Text(collider::error_frame(&e.to_string())), ctx);
+                self.close_with(CloseCode::Size, "message too large", ctx);
+            }
+            Err(e) => {
+                debug!(session = %self.id, error = %e, "WebSocket protocol error");
+                self.node.stats.wserror();
+                self.close_with(CloseCode::Protocol, "protocol error", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The client went away; nothing more can be written.
+        ctx.stop();
+    }
+}
+
+impl Handler<ToSession> for SignalingSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
+        match msg {
+            ToSession::Deliver(m) => self.push(Out::Text(collider::message_frame(&m)), ctx),
+            ToSession::Close => {
+                // Removed by DELETE: the client is no longer registered here.
+                if self.registered.take().is_some() {
+                    self.node.stats.unregistered();
+                }
+                self.close_with(CloseCode::Normal, "", ctx);
+            }
+        }
+    }
+}
+
+impl Handler<GoingAway> for SignalingSession {
+    type Result = ();
+
+    fn handle(&mut self, _: GoingAway, ctx: &mut Context<Self>) {
+        self.close_with(CloseCode::Away, "server shutting down", ctx);
+    }
+}

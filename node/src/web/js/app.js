@@ -1,0 +1,536 @@
+// Switchboard web client. It speaks the AppRTC room-server and Collider protocols, so it can
+// call AppRTC's Android and iOS examples as well as another copy of itself.
+// Resilience: the WebSocket reconnects with backoff (same room and client id, another node of the
+// cluster if this one is gone) and the peer connection restarts ICE when it fails.
+(function () {
+  'use strict';
+
+  var P = window.loadingParams || {};
+  var $ = function (id) { return document.getElementById(id); };
+  var sb = window.switchboard = { state: 'idle', signaling: 'closed', log: [] };
+
+  function log(text) {
+    sb.log.push(new Date().toISOString().slice(11, 23) + ' ' + text);
+    if (sb.log.length > 200) sb.log.shift();
+    console.log('[switchboard] ' + text);
+  }
+
+  function showMessage(text) {
+    var li = document.createElement('li');
+    li.textContent = text;
+    $('messages').appendChild(li);
+    setTimeout(function () { li.remove(); }, 8000);
+    log(text);
+  }
+
+  var STATE_TEXT = {
+    starting: 'Starting…', waiting: 'Waiting for someone to join…', connecting: 'Connecting…',
+    connected: 'Connected', reconnecting: 'Connection lost, reconnecting…', failed: 'Call failed',
+    hungup: 'You left the call', disconnected: 'Disconnected'
+  };
+
+  function render() {
+    document.body.dataset.state = sb.state;
+    document.body.dataset.signaling = sb.signaling;
+    var text = STATE_TEXT[sb.state] || sb.state;
+    if (sb.signaling === 'reconnecting' && sb.state !== 'hungup') text += ' (signaling reconnecting…)';
+    $('status').textContent = text;
+  }
+
+  function setState(state) {
+    if (sb.state === state) return;
+    log('state ' + sb.state + ' -> ' + state);
+    sb.state = state;
+    render();
+  }
+
+  function setSignaling(state) {
+    sb.signaling = state;
+    render();
+  }
+
+  if (P.headerMessage) {
+    $('header-message').textContent = P.headerMessage;
+    $('header-message').hidden = false;
+  }
+  (P.errorMessages || []).concat(P.warningMessages || []).forEach(function (m) {
+    document.addEventListener('DOMContentLoaded', function () { showMessage(m); });
+  });
+
+  if (!P.roomId) {
+    landing();
+  } else {
+    new Call().start();
+  }
+
+  // ---- landing page ----
+
+  function landing() {
+    $('landing').hidden = false;
+    var input = $('room-input');
+    input.value = Math.random().toString(36).slice(2, 10);
+    $('room-form').addEventListener('submit', function (e) {
+      e.preventDefault();
+      if (!input.checkValidity()) return;
+      location.href = '/r/' + encodeURIComponent(input.value) + location.search;
+    });
+  }
+
+  // ---- helpers ----
+
+  // AppRTC's legacy {mandatory, optional} constraints → modern getUserMedia constraints.
+  function trackConstraints(c) {
+    if (c === true || c === false || c === undefined || c === null) return c !== false;
+    var out = {};
+    var map = {
+      minWidth: ['width', 'min'], maxWidth: ['width', 'max'], minHeight: ['height', 'min'],
+      maxHeight: ['height', 'max'], minFrameRate: ['frameRate', 'min'], maxFrameRate: ['frameRate', 'max'],
+      frameRate: ['frameRate', 'ideal'], width: ['width', 'ideal'], height: ['height', 'ideal']
+    };
+    function put(key, value, kind) {
+      var m = map[key];
+      if (!m) return;
+      var target = out[m[0]] = out[m[0]] || {};
+      var n = Number(value);
+      target[kind === 'ideal' ? 'ideal' : m[1]] = isNaN(n) ? value : n;
+    }
+    Object.keys(c.mandatory || {}).forEach(function (k) { put(k, c.mandatory[k], 'exact'); });
+    (c.optional || []).forEach(function (o) {
+      Object.keys(o).forEach(function (k) { put(k, o[k], 'ideal'); });
+    });
+    return Object.keys(out).length ? out : true;
+  }
+
+  // AppRTC's `tt` filter: keep URLs with transport=tt, add it where none is given.
+  function filterTransports(servers, tt) {
+    if (!tt) return servers;
+    return servers.map(function (s) {
+      var urls = [].concat(s.urls || s.url || []).filter(function (u) {
+        return u.indexOf('transport=') === -1 || u.indexOf('transport=' + tt) !== -1;
+      }).map(function (u) {
+        return u.indexOf('?transport=') === -1 ? u + '?transport=' + tt : u;
+      });
+      var copy = Object.assign({}, s, { urls: urls });
+      delete copy.url;
+      return copy;
+    }).filter(function (s) { return s.urls.length > 0; });
+  }
+
+  function wsUrlOf(base) {
+    return base.replace(/^http/, 'ws') + '/ws';
+  }
+
+  // ---- the call ----
+
+  function Call() {
+    this.room = P.roomId;
+    this.clientId = null;
+    this.isInitiator = false;
+    this.pcConfig = P.peerConnectionConfig || { iceServers: [] };
+    // Room-server and signaling bases of every node we may use; the first is the page's own.
+    this.nodes = [location.origin];
+    this.nodeIndex = 0;
+    this.wssUrl = P.wssUrl;
+    this.wssPostUrl = P.wssPostUrl;
+    this.ws = null;
+    this.registered = false;
+    this.wsAttempts = 0;
+    this.pc = null;
+    this.stream = null;
+    this.pending = [];
+    this.makingOffer = false;
+    this.hungUp = false;
+    this.disconnectTimer = null;
+    this.restarts = 0;
+    sb.call = this;
+  }
+
+  Call.prototype.start = async function () {
+    var self = this;
+    $('call').hidden = false;
+    $('room-info').textContent = 'Room ' + this.room;
+    setState('starting');
+    this.bindControls();
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: trackConstraints((P.mediaConstraints || {}).audio),
+        video: trackConstraints((P.mediaConstraints || {}).video)
+      });
+      $('local-video').srcObject = this.stream;
+    } catch (e) {
+      showMessage('No camera or microphone (' + e.name + '); joining to receive only.');
+    }
+    this.openSocket();
+    var joined = await this.join();
+    if (!joined) return;
+    this.iceServers = await this.fetchIceServers();
+    this.newPeerConnection();
+    this.register();
+    if (this.isInitiator) {
+      setState('waiting');
+      await this.makeOffer(false);
+    } else {
+      setState('connecting');
+      // Offers before candidates: the initiator's stored messages, in the order it posted them.
+      var msgs = (this.joinMessages || []).map(function (m) { try { return JSON.parse(m); } catch (e) { return null; } })
+        .filter(Boolean);
+      msgs.sort(function (a, b) { return (a.type === 'offer' ? 0 : 1) - (b.type === 'offer' ? 0 : 1); });
+      for (var i = 0; i < msgs.length; i++) await self.onSignal(msgs[i]);
+    }
+    if (P.isLoopback && window.SwitchboardLoopback) {
+      new window.SwitchboardLoopback(this).start();
+    }
+  };
+
+  Call.prototype.base = function () {
+    return this.nodes[this.nodeIndex % this.nodes.length];
+  };
+
+  Call.prototype.join = async function () {
+    var j;
+    for (var attempt = 0; attempt < this.nodes.length * 2; attempt++) {
+      try {
+        var r = await fetch(this.base() + '/join/' + this.room + location.search, { method: 'POST' });
+        if (r.status !== 200) throw new Error('HTTP ' + r.status);
+        j = await r.json();
+        break;
+      } catch (e) {
+        showMessage('Join failed on ' + this.base() + ': ' + e.message);
+        this.nodeIndex++;
+      }
+    }
+    if (!j) { setState('failed'); return false; }
+    if (j.result === 'FULL') {
+      location.href = '/r/' + this.room;
+      return false;
+    }
+    if (j.result !== 'SUCCESS') {
+      showMessage('Could not join the room: ' + j.result);
+      setState('failed');
+      return false;
+    }
+    var p = j.params;
+    this.clientId = p.client_id;
+    this.isInitiator = p.is_initiator === 'true';
+    this.joinMessages = p.messages || [];
+    this.wssUrl = p.wss_url || this.wssUrl;
+    this.wssPostUrl = p.wss_post_url || this.wssPostUrl;
+    if (p.signaling_nodes && p.signaling_nodes.length) {
+      var mine = this.base();
+      this.nodes = [mine].concat(p.signaling_nodes.filter(function (n) { return n !== mine; }));
+      this.nodeIndex = 0;
+    }
+    sb.clientId = this.clientId;
+    sb.isInitiator = this.isInitiator;
+    log('joined room ' + this.room + ' as ' + this.clientId + (this.isInitiator ? ' (initiator)' : ''));
+    return true;
+  };
+
+  Call.prototype.fetchIceServers = async function () {
+    var configured = this.pcConfig.iceServers || [];
+    if (configured.length || !P.iceServerRequestUrl) return configured;
+    var url = P.iceServerRequestUrl;
+    // After a failover, ask a live node rather than the one the page came from.
+    if (this.nodeIndex > 0) url = url.replace(/^https?:\/\/[^/]+/, this.base());
+    try {
+      var r = await fetch(url, { method: 'POST' });
+      if (r.status !== 200) throw new Error('HTTP ' + r.status);
+      var j = await r.json();
+      return filterTransports(j.iceServers || [], P.iceServerTransports);
+    } catch (e) {
+      showMessage('Could not get ICE servers: ' + e.message);
+      return [];
+    }
+  };
+
+  Call.prototype.rtcConfig = function () {
+    return {
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.pcConfig.iceTransports || this.pcConfig.iceTransportPolicy || 'all',
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require'
+    };
+  };
+
+  Call.prototype.newPeerConnection = function () {
+    var self = this;
+    if (this.pc) this.pc.close();
+    var pc = this.pc = sb.pc = new RTCPeerConnection(this.rtcConfig());
+    this.pending = [];
+    if (this.stream) {
+      this.stream.getTracks().forEach(function (t) { pc.addTrack(t, self.stream); });
+    } else {
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+    }
+    pc.onicecandidate = function (e) {
+      if (e.candidate && e.candidate.candidate) {
+        self.send({ type: 'candidate', label: e.candidate.sdpMLineIndex, id: e.candidate.sdpMid, candidate: e.candidate.candidate });
+      }
+    };
+    pc.onicecandidateerror = function (e) {
+      log('ICE candidate error ' + e.errorCode + ' ' + (e.url || '') + ' ' + (e.errorText || ''));
+    };
+    pc.ontrack = function (e) {
+      var v = $('remote-video');
+      v.srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
+    };
+    pc.oniceconnectionstatechange = function () { self.onIceState(pc); };
+    pc.onconnectionstatechange = function () { self.onIceState(pc); };
+  };
+
+  Call.prototype.onIceState = function (pc) {
+    if (pc !== this.pc || this.hungUp) return;
+    var s = pc.iceConnectionState;
+    log('ICE ' + s + ', connection ' + pc.connectionState);
+    if (s === 'connected' || s === 'completed') {
+      clearTimeout(this.disconnectTimer);
+      this.restarts = 0;
+      setState('connected');
+    } else if (s === 'failed') {
+      setState('reconnecting');
+      this.restartIce();
+    } else if (s === 'disconnected') {
+      setState('reconnecting');
+      var self = this;
+      clearTimeout(this.disconnectTimer);
+      // A brief loss often heals by itself; restart only if it does not.
+      this.disconnectTimer = setTimeout(function () {
+        if (pc === self.pc && pc.iceConnectionState === 'disconnected') self.restartIce();
+      }, 1500);
+    } else if (s === 'checking' && sb.state !== 'reconnecting') {
+      setState('connecting');
+    }
+  };
+
+  // ICE restart: fresh ICE servers (a relay on a live node) and a new offer. The initiator
+  // offers; the other side asks it to by offering too (perfect negotiation resolves glare).
+  Call.prototype.restartIce = async function () {
+    if (this.hungUp || !this.pc) return;
+    this.restarts++;
+    log('ICE restart #' + this.restarts);
+    this.iceServers = await this.fetchIceServers();
+    try { this.pc.setConfiguration(this.rtcConfig()); } catch (e) { log('setConfiguration: ' + e); }
+    await this.makeOffer(true);
+  };
+
+  Call.prototype.makeOffer = async function (iceRestart) {
+    var pc = this.pc;
+    try {
+      this.makingOffer = true;
+      var offer = await pc.createOffer({ iceRestart: !!iceRestart });
+      if (pc.signalingState !== 'stable') return;
+      await pc.setLocalDescription(offer);
+      this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    } catch (e) {
+      log('offer failed: ' + e);
+    } finally {
+      this.makingOffer = false;
+    }
+  };
+
+  Call.prototype.onSignal = async function (msg) {
+    var pc = this.pc;
+    if (!pc || this.hungUp) return;
+    try {
+      if (msg.type === 'offer') {
+        var collision = this.makingOffer || pc.signalingState !== 'stable';
+        // The initiator is the impolite side: on glare its own offer wins.
+        if (collision && this.isInitiator) { log('ignoring colliding offer'); return; }
+        if (collision) await pc.setLocalDescription({ type: 'rollback' });
+        await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+        await this.flushCandidates();
+        await pc.setLocalDescription(await pc.createAnswer());
+        this.send({ type: 'answer', sdp: pc.localDescription.sdp });
+        if (sb.state === 'waiting' || sb.state === 'starting') setState('connecting');
+      } else if (msg.type === 'answer') {
+        if (pc.signalingState !== 'have-local-offer') { log('stray answer ignored'); return; }
+        await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+        await this.flushCandidates();
+      } else if (msg.type === 'candidate') {
+        var c = { candidate: msg.candidate, sdpMLineIndex: msg.label, sdpMid: msg.id };
+        if (!pc.remoteDescription) this.pending.push(c);
+        else await pc.addIceCandidate(c);
+      } else if (msg.type === 'bye') {
+        this.onRemoteHangup();
+      } else if (msg.type === 'remove-candidates') {
+        log('remove-candidates ignored');
+      } else {
+        log('unknown message type ' + msg.type);
+      }
+    } catch (e) {
+      log('signaling error on ' + msg.type + ': ' + e);
+    }
+  };
+
+  Call.prototype.flushCandidates = async function () {
+    var list = this.pending;
+    this.pending = [];
+    for (var i = 0; i < list.length; i++) {
+      try { await this.pc.addIceCandidate(list[i]); } catch (e) { log('candidate: ' + e); }
+    }
+  };
+
+  // The other person hung up: like AppRTC, become the initiator and offer to whoever joins next.
+  Call.prototype.onRemoteHangup = function () {
+    showMessage('The other person left the call.');
+    $('remote-video').srcObject = null;
+    this.isInitiator = true;
+    sb.isInitiator = true;
+    this.newPeerConnection();
+    setState('waiting');
+    this.makeOffer(false);
+  };
+
+  // ---- signaling ----
+
+  // The initiator posts to the room server (which stores messages while it is alone); the
+  // other side uses the WebSocket, or Collider's HTTP POST while the socket is down.
+  Call.prototype.send = function (msg) {
+    var text = JSON.stringify(msg);
+    if (this.isInitiator) {
+      this.post(this.base() + '/message/' + this.room + '/' + this.clientId + location.search, text);
+    } else if (this.ws && this.ws.readyState === WebSocket.OPEN && this.registered) {
+      this.ws.send(JSON.stringify({ cmd: 'send', msg: text }));
+    } else {
+      this.post(this.postBase() + '/' + this.room + '/' + this.clientId, text);
+    }
+  };
+
+  Call.prototype.postBase = function () {
+    return this.nodeIndex > 0 ? this.base() : this.wssPostUrl;
+  };
+
+  Call.prototype.post = async function (url, body, retried) {
+    try {
+      var r = await fetch(url, { method: 'POST', body: body });
+      if (r.status !== 200) log('POST ' + url + ' answered ' + r.status);
+    } catch (e) {
+      if (retried || this.nodes.length < 2) { log('POST ' + url + ' failed: ' + e.message); return; }
+      // The node is gone: try the next one.
+      this.nodeIndex++;
+      var path = url.replace(/^https?:\/\/[^/]+/, '');
+      return this.post(this.base() + path, body, true);
+    }
+  };
+
+  Call.prototype.openSocket = function () {
+    var self = this;
+    if (this.hungUp) return;
+    var url = this.nodeIndex > 0 ? wsUrlOf(this.base()) : this.wssUrl;
+    var ws;
+    try { ws = this.ws = sb.ws = new WebSocket(url); } catch (e) { log('WebSocket: ' + e); return this.reconnect(); }
+    this.registered = false;
+    ws.onopen = function () {
+      log('signaling open ' + url);
+      setSignaling('open');
+      self.register();
+    };
+    ws.onmessage = function (e) {
+      var frame;
+      try { frame = JSON.parse(e.data); } catch (err) { log('bad frame ' + e.data); return; }
+      if (frame.error) { log('signaling error: ' + frame.error); return; }
+      if (!frame.msg) return;
+      self.wsAttempts = 0;
+      var msg;
+      try { msg = JSON.parse(frame.msg); } catch (err) { log('bad message ' + frame.msg); return; }
+      self.onSignal(msg);
+    };
+    ws.onclose = function (e) {
+      if (ws !== self.ws) return;
+      self.registered = false;
+      log('signaling closed (' + e.code + ')');
+      if (self.hungUp) { setSignaling('closed'); return; }
+      self.reconnect();
+    };
+  };
+
+  // Backoff 250 ms → 5 s with jitter; from the second failure on, try the next node.
+  Call.prototype.reconnect = function () {
+    var self = this;
+    setSignaling('reconnecting');
+    var delay = Math.min(5000, 250 * Math.pow(2, this.wsAttempts)) * (0.75 + Math.random() * 0.5);
+    this.wsAttempts++;
+    if (this.wsAttempts >= 2 && this.nodes.length > 1) this.nodeIndex++;
+    setTimeout(function () { self.openSocket(); }, delay);
+  };
+
+  Call.prototype.register = function () {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || !this.clientId || this.registered) return;
+    this.ws.send(JSON.stringify({ cmd: 'register', roomid: this.room, clientid: this.clientId }));
+    this.registered = true;
+    setSignaling('registered');
+    log('registered as ' + this.clientId);
+  };
+
+  // ---- controls and hang-up ----
+
+  Call.prototype.bindControls = function () {
+    var self = this;
+    function toggle(button, kind) {
+      var on = button.getAttribute('aria-pressed') !== 'true';
+      button.setAttribute('aria-pressed', String(on));
+      if (self.stream) self.stream.getTracks().forEach(function (t) { if (t.kind === kind) t.enabled = !on; });
+    }
+    $('mute-audio').onclick = function () { toggle(this, 'audio'); };
+    $('mute-video').onclick = function () { toggle(this, 'video'); };
+    $('hangup').onclick = function () { self.hangup(); };
+    $('copy-link').onclick = function () {
+      var link = P.roomLink || location.href;
+      var done = function () { showMessage('Room link copied: ' + link); };
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(link).then(done, function () { window.prompt('Room link', link); });
+      } else {
+        window.prompt('Room link', link);
+      }
+    };
+    window.addEventListener('beforeunload', function () { self.hangup(); });
+  };
+
+  // AppRTC's order: leave the room, send bye, close the socket, DELETE the Collider client.
+  Call.prototype.hangup = function () {
+    if (this.hungUp) return;
+    this.hungUp = true;
+    var base = this.base();
+    if (this.clientId) {
+      fetch(base + '/leave/' + this.room + '/' + this.clientId, { method: 'POST', keepalive: true }).catch(function () {});
+      if (this.ws && this.ws.readyState === WebSocket.OPEN && this.registered) {
+        this.ws.send(JSON.stringify({ cmd: 'send', msg: JSON.stringify({ type: 'bye' }) }));
+      }
+    }
+    if (this.ws) this.ws.close();
+    if (this.clientId) {
+      fetch(this.postBase() + '/' + this.room + '/' + this.clientId, { method: 'DELETE', keepalive: true }).catch(function () {});
+    }
+    if (this.pc) this.pc.close();
+    if (this.stream) this.stream.getTracks().forEach(function (t) { t.stop(); });
+    $('remote-video').srcObject = null;
+    setState('hungup');
+    $('controls').innerHTML = '<a href="/r/' + this.room + '">Rejoin the room</a>';
+  };
+
+  // ---- test and debugging hooks ----
+
+  // Inbound video frames decoded and the selected candidate pair's types.
+  sb.stats = async function () {
+    var out = { framesDecoded: 0, local: null, remote: null, bytesReceived: 0 };
+    if (!sb.pc) return out;
+    var report = await sb.pc.getStats();
+    var pair = null;
+    report.forEach(function (s) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        out.framesDecoded += s.framesDecoded || 0;
+        out.bytesReceived += s.bytesReceived || 0;
+      }
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+    });
+    if (!pair) report.forEach(function (s) { if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = s; });
+    if (pair) {
+      var l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
+      out.local = l && l.candidateType;
+      out.remote = r && r.candidateType;
+      out.localAddress = l && (l.address || l.ip) + ':' + l.port;
+    }
+    return out;
+  };
+})();
