@@ -1,1 +1,32 @@
+//! # cluster-tests
+//!
+//! Black-box harness for Switchboard: it builds the `switchboard` binary, starts real node
+//! processes on loopback addresses, and talks to them over real sockets the way AppRTC clients
+//! do (HTTP, Collider WebSocket). Tests live in `tests/`, named `tNN_` by theme:
+//! `t1x` single node, `t5x` cluster, `t9x` regressions.
+//!
+//! ## Layout
+//! - [`process`]: build and locate the binary; start, kill and restart nodes.
+//! - [`client`]: AppRTC room-server HTTP and Collider HTTP calls.
+//! - [`ws`]: a Collider WebSocket client.
 
+pub mod client;
+pub mod process;
+pub mod ws;
+
+pub use client::Http;
+pub use process::{binary, free_port, NodeProcess, NodeSpec};
+pub use ws::{WsClient, WsEvent};
+
+/// Installs rustls's ring provider once (reqwest is built without a default one).
+pub fn init_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A room id nobody else uses (tests run in parallel against shared nodes).
+pub fn fresh_room(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}

@@ -1,0 +1,146 @@
+//! A Collider WebSocket client, as the AppRTC clients use it: `register`, `send`, and frames
+//! `{"msg","error"}` coming back.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// What arrived on the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    /// A text frame, parsed.
+    Frame { msg: String, error: String, raw: String },
+    /// A close frame with its code.
+    Close(Option<u16>),
+    /// The connection ended without a close frame.
+    Eof,
+}
+
+impl WsEvent {
+    /// The `msg` of a frame without error.
+    pub fn msg(&self) -> Option<&str> {
+        match self {
+            WsEvent::Frame { msg, error, .. } if error.is_empty() => Some(msg),
+            _ => None,
+        }
+    }
+
+    /// The `error` of an error frame.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            WsEvent::Frame { error, .. } if !error.is_empty() => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// One WebSocket.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects without an `Origin` header (as native clients may).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects, with an `Origin` header if given.
+    pub async fn connect_with(url: &str, origin: Option<&str>) -> Result<Self> {
+        let mut req = url.into_client_request()?;
+        if let Some(o) = origin {
+            req.headers_mut().insert("Origin", o.parse()?);
+        }
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
+            .await
+            .context("WebSocket connect timed out")?
+            .with_context(|| format!("WebSocket connect to {url}"))?;
+        Ok(WsClient { ws })
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// `{"cmd":"register","roomid":room,"clientid":client}`.
+    pub async fn register(&mut self, room: &str, client: &str) -> Result<()> {
+        self.send_text(&json!({"cmd": "register", "roomid": room, "clientid": client}).to_string()).await
+    }
+
+    /// `{"cmd":"send","msg":msg}`.
+    pub async fn send_msg(&mut self, msg: &str) -> Result<()> {
+        self.send_text(&json!({"cmd": "send", "msg": msg}).to_string()).await
+    }
+
+    /// The next event, or `None` if nothing came within `within`.
+    pub async fn recv(&mut self, within: Duration) -> Option<WsEvent> {
+        loop {
+            let next = tokio::time::timeout(within, self.ws.next()).await.ok()?;
+            return Some(match next {
+                None | Some(Err(_)) => WsEvent::Eof,
+                Some(Ok(Message::Text(t))) => parse_frame(t.as_str()),
+                Some(Ok(Message::Binary(b))) => parse_frame(&String::from_utf8_lossy(&b)),
+                Some(Ok(Message::Close(c))) => WsEvent::Close(c.map(|f: CloseFrame| u16::from(f.code))),
+                Some(Ok(_)) => continue, // ping/pong
+            });
+        }
+    }
+
+    /// The next frame's `msg`, failing on anything else.
+    pub async fn expect_msg(&mut self, within: Duration) -> Result<String> {
+        match self.recv(within).await {
+            Some(WsEvent::Frame { msg, error, .. }) if error.is_empty() => Ok(msg),
+            other => anyhow::bail!("expected a message frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) -> Result<()> {
+        match self.recv(within).await {
+            None => Ok(()),
+            Some(e) => anyhow::bail!("expected silence, got {e:?}"),
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code, if a close frame came.
+    pub async fn expect_closed(&mut self, within: Duration) -> Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(WsEvent::Close(code)) => return Ok(code),
+                Some(WsEvent::Eof) => return Ok(None),
+                Some(WsEvent::Frame { .. }) => continue,
+                None => anyhow::bail!("socket still open after {within:?}"),
+            }
+        }
+    }
+
+    /// Closes from our side with a close frame.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drops the TCP connection without a close frame (a crashed client).
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
+
+fn parse_frame(raw: &str) -> WsEvent {
+    let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+    WsEvent::Frame {
+        msg: v["msg"].as_str().unwrap_or_default().to_owned(),
+        error: v["error"].as_str().unwrap_or_default().to_owned(),
+        raw: raw.to_owned(),
+    }
+}
