@@ -9,7 +9,9 @@
 //! - [`process`]: build and locate the binary; start, kill and restart nodes.
 //! - [`client`]: AppRTC room-server HTTP and Collider HTTP calls.
 //! - [`ws`]: a Collider WebSocket client.
+//! - [`browser`]: headless Chromium through chromedriver, in a private network namespace.
 
+pub mod browser;
 pub mod client;
 pub mod process;
 pub mod ws;

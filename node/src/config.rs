@@ -157,10 +157,9 @@ impl Config {
             merge(&mut table, file);
         }
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
-            if rest == "CONFIG" {
-                continue;
-            }
+            // Only SECTION__KEY names are settings; other SWITCHBOARD_* variables belong to
+            // tools around the node.
+            let Some(rest) = key.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else { continue };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, value).with_context(|| format!("environment {key}"))?;
         }
@@ -289,6 +288,7 @@ mod tests {
         let env = vec![
             ("SWITCHBOARD_HTTP__LISTEN".to_string(), "127.0.0.9:9000".to_string()),
             ("SWITCHBOARD_ROOMS__REGISTER_GRACE_MS".to_string(), "1000".to_string()),
+            ("SWITCHBOARD_BIN".to_string(), "/not/a/setting".to_string()),
         ];
         let c = Config::load_from(&cli(&[]), &env).unwrap();
         assert_eq!(c.http.listen.to_string(), "127.0.0.9:9000");

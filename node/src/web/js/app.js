@@ -57,12 +57,6 @@
     document.addEventListener('DOMContentLoaded', function () { showMessage(m); });
   });
 
-  if (!P.roomId) {
-    landing();
-  } else {
-    new Call().start();
-  }
-
   // ---- landing page ----
 
   function landing() {
@@ -533,4 +527,11 @@
     }
     return out;
   };
+
+  // Everything above is defined; start.
+  if (!P.roomId) {
+    landing();
+  } else {
+    new Call().start();
+  }
 })();

@@ -1,0 +1,160 @@
+//! Real browsers: Debian's headless Chromium driven through chromedriver (WebDriver), with fake
+//! camera and microphone. Tests that use it run inside a private network namespace (see
+//! [`rerun_in_netns`]) so ICE only ever sees loopback.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use thirtyfour::prelude::*;
+
+use crate::process::{binary, free_port};
+
+/// Runs the calling test again in a fresh network namespace that has only `lo`. Returns `true`
+/// in the outer process (the test already ran inside and passed; the caller just returns) and
+/// `false` inside, where the test body runs.
+pub fn rerun_in_netns(test: &str) -> bool {
+    if std::env::var_os("SWITCHBOARD_IN_NETNS").is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = binary();
+    let status = Command::new("unshare")
+        .args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("SWITCHBOARD_IN_NETNS", "1")
+        .env("SWITCHBOARD_BIN", bin)
+        .status()
+        .expect("unshare (util-linux) must be installed and the tests run as root to create a network namespace");
+    assert!(status.success(), "{test} failed inside its network namespace ({status})");
+    true
+}
+
+/// One headless Chromium with its own chromedriver and profile.
+pub struct Browser {
+    /// The WebDriver session.
+    pub driver: WebDriver,
+    chromedriver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver and a Chromium session with fake media devices.
+    pub async fn launch() -> Result<Browser> {
+        let port = free_port(&[std::net::Ipv4Addr::LOCALHOST]);
+        let chromedriver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("chromedriver not found: install Debian's chromium-driver (scripts/install-test-deps.sh)")?;
+        let profile = tempfile::Builder::new().prefix("switchboard-chromium-").tempdir()?;
+        let mut caps = DesiredCapabilities::chrome();
+        caps.set_binary("/usr/bin/chromium")?;
+        for arg in [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+        ] {
+            caps.add_arg(arg)?;
+        }
+        caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let driver = loop {
+            match WebDriver::new(&url, caps.clone()).await {
+                Ok(d) => break d,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("cannot start Chromium through chromedriver: {e}"),
+            }
+        };
+        Ok(Browser { driver, chromedriver, _profile: profile })
+    }
+
+    /// Navigates to `url`.
+    pub async fn open(&self, url: &str) -> Result<()> {
+        self.driver.goto(url).await?;
+        Ok(())
+    }
+
+    /// Evaluates `return (expr)` in the page.
+    pub async fn eval(&self, expr: &str) -> Result<Value> {
+        let r = self.driver.execute(format!("return ({expr});"), Vec::<Value>::new()).await?;
+        Ok(r.json().clone())
+    }
+
+    /// Awaits a promise-valued expression in the page.
+    pub async fn eval_async(&self, expr: &str) -> Result<Value> {
+        let script = format!(
+            "const done = arguments[arguments.length - 1]; Promise.resolve({expr}).then(done, e => done({{error: String(e)}}));"
+        );
+        let r = self.driver.execute_async(script, Vec::<Value>::new()).await?;
+        Ok(r.json().clone())
+    }
+
+    /// Polls `expr` until it is truthy.
+    pub async fn wait_until(&self, expr: &str, within: Duration) -> Result<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.eval(expr).await?;
+            if !(v.is_null() || v == Value::Bool(false)) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                let log = self.eval("window.switchboard && window.switchboard.log.join('\\n')").await.unwrap_or_default();
+                bail!("timed out after {within:?} waiting for {expr}; page log:\n{}", log.as_str().unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The page's `switchboard.stats()`: decoded frames and the selected candidate pair.
+    pub async fn stats(&self) -> Result<Value> {
+        self.eval_async("window.switchboard.stats()").await
+    }
+
+    /// Polls until the remote video has decoded more than `frames` frames.
+    pub async fn wait_frames(&self, frames: u64, within: Duration) -> Result<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.stats().await?;
+            if s["framesDecoded"].as_u64().unwrap_or(0) > frames {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("remote video decoded no more than {frames} frames within {within:?}: {s}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Ends the session and chromedriver.
+    pub async fn quit(self) {
+        let _ = self.driver.clone().quit().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.chromedriver.kill();
+        let _ = self.chromedriver.wait();
+        // chromedriver does not take Chromium down with it; its profile path names it.
+        let _ = Command::new("pkill").arg("-f").arg(self._profile.path()).status();
+    }
+}

@@ -1,0 +1,94 @@
+//! Real browsers: two headless Chromium pages open `/r/{room}` on one node and call each other
+//! with fake camera and microphone. Runs in a private network namespace (only `lo`).
+
+use std::time::Duration;
+
+use cluster_tests::browser::{rerun_in_netns, Browser};
+use cluster_tests::{fresh_room, NodeProcess, NodeSpec};
+
+const CONNECT: Duration = Duration::from_secs(40);
+
+async fn two_pages_in_a_call(node: &NodeProcess, room: &str) -> (Browser, Browser) {
+    let url = format!("{}/r/{room}", node.base());
+    let a = Browser::launch().await.expect("browser A");
+    a.open(&url).await.unwrap();
+    a.wait_until("window.switchboard.state === 'waiting'", CONNECT).await.expect("A waits for a peer");
+    let b = Browser::launch().await.expect("browser B");
+    b.open(&url).await.unwrap();
+    for (name, p) in [("A", &a), ("B", &b)] {
+        p.wait_until("window.switchboard.state === 'connected'", CONNECT)
+            .await
+            .unwrap_or_else(|e| panic!("page {name} did not connect: {e:#}"));
+    }
+    (a, b)
+}
+
+/// Both pages reach `connected` and each decodes the other's video.
+#[tokio::test]
+async fn t15_browser_call() {
+    if rerun_in_netns("t15_browser_call") {
+        return;
+    }
+    let node = NodeProcess::start(NodeSpec::single()).await.unwrap();
+    let room = fresh_room("web");
+    let (a, b) = two_pages_in_a_call(&node, &room).await;
+    for (name, p) in [("A", &a), ("B", &b)] {
+        let s = p.wait_frames(0, CONNECT).await.unwrap_or_else(|e| panic!("page {name}: {e:#}"));
+        assert!(s["framesDecoded"].as_u64().unwrap() > 0, "{name}: {s}");
+    }
+    assert_eq!(a.eval("window.switchboard.isInitiator").await.unwrap(), true);
+    assert_eq!(b.eval("window.switchboard.isInitiator").await.unwrap(), false);
+    // Hang-up follows AppRTC's order and the other page goes back to waiting as the initiator.
+    b.eval("document.getElementById('hangup').click()").await.unwrap();
+    a.wait_until("window.switchboard.state === 'waiting' && window.switchboard.isInitiator", CONNECT)
+        .await
+        .expect("A waits for a new peer after B hung up");
+    b.quit().await;
+    a.quit().await;
+}
+
+/// The signaling socket of one page dies: the page re-registers with the same room and client
+/// id, the call survives, and signaling works through the new socket (an ICE restart).
+#[tokio::test]
+async fn t15_browser_socket_reconnect() {
+    if rerun_in_netns("t15_browser_socket_reconnect") {
+        return;
+    }
+    let node = NodeProcess::start(NodeSpec::single()).await.unwrap();
+    let http = cluster_tests::Http::new(&node.base());
+    let room = fresh_room("reconnect");
+    let (a, b) = two_pages_in_a_call(&node, &room).await;
+    b.wait_frames(0, CONNECT).await.unwrap();
+    let client = b.eval("window.switchboard.clientId").await.unwrap();
+    let before = http.status().await.unwrap()["totalws"].as_u64().unwrap();
+
+    b.eval("window.switchboard.call.ws.close(), true").await.unwrap();
+    b.wait_until("window.switchboard.signaling === 'reconnecting'", Duration::from_secs(5)).await.unwrap();
+    b.wait_until("window.switchboard.signaling === 'registered'", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(b.eval("window.switchboard.clientId").await.unwrap(), client, "same client id");
+    // The server counted a new registration and still holds both clients.
+    let mut registered = false;
+    for _ in 0..50 {
+        let s = http.status().await.unwrap();
+        if s["totalws"].as_u64().unwrap() > before && s["openws"] == 2 {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(registered, "re-registration did not reach the server");
+
+    // Signaling through the new socket: B restarts ICE, its offer goes over the WebSocket and
+    // A's answer comes back to it.
+    let ufrag = "(window.switchboard.pc.remoteDescription.sdp.match(/a=ice-ufrag:(\\S+)/) || [])[1]";
+    let a_before = a.eval(ufrag).await.unwrap();
+    b.eval("window.switchboard.call.restartIce(), true").await.unwrap();
+    a.wait_until(&format!("{ufrag} !== {a_before}"), Duration::from_secs(15)).await.expect("A got B's restart offer");
+    b.wait_until("window.switchboard.pc.signalingState === 'stable' && window.switchboard.state === 'connected'", CONNECT)
+        .await
+        .expect("B's restart completed");
+    let frames = b.stats().await.unwrap()["framesDecoded"].as_u64().unwrap();
+    b.wait_frames(frames, CONNECT).await.expect("video keeps flowing");
+    a.quit().await;
+    b.quit().await;
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Switchboard's tests use from Debian: headless Chromium and its WebDriver for the
+# browser tests, coturn's turnutils_* as reference TURN clients, iproute2/nftables/iptables for
+# network namespaces and NAT. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v turnutils_uclient >/dev/null || need+=(coturn)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
+command -v cargo-nextest >/dev/null && nextest=1 || nextest=0
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "$nextest" -eq 0 ]; then
+  cargo install --locked cargo-nextest
+fi

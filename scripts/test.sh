@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one command that runs every Switchboard test: installs the tools the tests drive (Chromium,
+# chromedriver, coturn's clients), builds the workspace, then runs unit tests and the black-box
+# tests that start real node processes, browsers and TURN clients.
+#   scripts/test.sh              everything
+#   scripts/test.sh t11_         only tests whose name matches (nextest filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+cargo build --workspace --all-targets --locked
+export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
+cargo nextest run --workspace --locked --no-fail-fast --profile ci "$@"
