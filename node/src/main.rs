@@ -137,9 +137,8 @@ async fn run(config: Config) -> Result<()> {
     info!("open {scheme}://{listen}/r/{example_room} in two browsers to start a call");
 
     actix_web::rt::spawn(shutdown_on_signal(node.clone(), handles));
-    for s in servers {
-        s.await.context("HTTP server failed")?;
-    }
+    // Every listener runs only while polled: wait for all of them together.
+    futures_util::future::try_join_all(servers).await.context("HTTP server failed")?;
     info!("stopped");
     Ok(())
 }

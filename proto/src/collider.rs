@@ -69,6 +69,10 @@ struct RawFrame {
 
 /// Decodes one text (or binary) frame. Whitespace and newlines (iOS pretty-prints) are fine.
 pub fn parse_client_frame(data: &[u8]) -> Result<ClientFrame, FrameError> {
+    // serde would also read a struct from a JSON array; Collider wants an object.
+    if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(FrameError::Json("expected a JSON object".into()));
+    }
     let raw: RawFrame =
         serde_json::from_slice(data).map_err(|e| FrameError::Json(e.to_string()))?;
     match raw.cmd.as_deref() {
@@ -183,6 +187,9 @@ mod tests {
         assert!(e.to_string().starts_with("websocket.JSON.Receive error: "));
         assert!(e.is_fatal());
         assert!(matches!(parse_client_frame(br#"{"cmd":"send","msg":{"a":1}}"#), Err(FrameError::Json(_))));
+        for not_object in [&b""[..], b"[]", b"null", b"\"x\"", b"  [1]"] {
+            assert!(matches!(parse_client_frame(not_object), Err(FrameError::Json(_))), "{not_object:?}");
+        }
         assert!(matches!(
             parse_client_frame(br#"{"cmd":"register","roomid":"a b","clientid":"C"}"#),
             Err(FrameError::BadId(IdError::BadChar))

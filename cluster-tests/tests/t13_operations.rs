@@ -1,0 +1,169 @@
+//! Operating a node: health, readiness and metrics endpoints, configuration errors, graceful
+//! shutdown (1001 Going Away), HTTPS/WSS, and the separate Collider-style signaling listener.
+
+use std::process::Command;
+
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_tests::{binary, fresh_room, free_port, Http, NodeProcess, NodeSpec, WsClient};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const WAIT: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn t13_health_ready_metrics() {
+    let n = NodeProcess::start(NodeSpec::single()).await.unwrap();
+    let http = Http::new(&n.base());
+    assert_eq!(http.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(http.get("/readyz").await.unwrap().status, 200);
+    let r = fresh_room("m");
+    let (c1, _, _) = http.join_ok(&r).await.unwrap();
+    http.message(&r, &c1, "stored").await.unwrap();
+    let mut a = WsClient::connect(&n.ws_url()).await.unwrap();
+    a.register(&r, &c1).await.unwrap();
+    http.collider_post(&r, "x", "m").await.unwrap();
+    a.expect_msg(WAIT).await.unwrap();
+    let m = http.get("/metrics").await.unwrap();
+    assert_eq!(m.status, 200);
+    for needle in [
+        "switchboard_rooms 1",
+        "switchboard_sessions 1",
+        "switchboard_registered_sessions 1",
+        "switchboard_messages_total{path=\"stored\"} 1",
+        "switchboard_registrations_total 1",
+    ] {
+        assert!(m.body.contains(needle), "metrics lack {needle}:\n{}", m.body);
+    }
+}
+
+#[test]
+fn t13_bad_config_is_a_clear_error() {
+    let out = Command::new(binary()).args(["--set", "http.lisen=1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `lisen`"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[http]\nlisten = 8083\n").unwrap();
+    let out = Command::new(binary()).arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
+    let out = Command::new(binary()).env("SWITCHBOARD_ROOMS__QUEUE_CAP", "many").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// SIGTERM: `/readyz` turns 503 while `/healthz` stays 200, sockets get 1001, the process exits 0.
+#[tokio::test]
+async fn t13_sigterm_drains() {
+    let mut n = NodeProcess::start(NodeSpec::single().set("http.shutdown_timeout_secs=3")).await.unwrap();
+    let r = fresh_room("term");
+    let mut a = WsClient::connect(&n.ws_url()).await.unwrap();
+    a.register(&r, "a").await.unwrap();
+    let mut b = WsClient::connect(&n.ws_url()).await.unwrap();
+    b.register(&r, "b").await.unwrap();
+    a.send_msg("x").await.unwrap();
+    b.expect_msg(WAIT).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = n.terminate(Duration::from_secs(10));
+        (s, n)
+    });
+    assert_eq!(a.expect_closed(WAIT).await.unwrap(), Some(1001));
+    assert_eq!(b.expect_closed(WAIT).await.unwrap(), Some(1001));
+    let (s, _n) = status.await.unwrap();
+    let s = s.expect("node exited within its deadline");
+    assert!(s.success(), "exit status {s}");
+}
+
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
+
+/// HTTPS and WSS with a configured certificate; `wss_url` follows the scheme.
+#[tokio::test]
+async fn t13_tls() {
+    cluster_tests::init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = self_signed(dir.path());
+    let spec = NodeSpec::single()
+        .set(&format!("http.tls_cert=\"{}\"", cert.display()))
+        .set(&format!("http.tls_key=\"{}\"", key.display()));
+    let addr = spec.http;
+    // The harness polls plain HTTP; start the process by hand and poll HTTPS instead.
+    let mut child = Command::new(binary())
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(spec.sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "HTTPS listener did not come up");
+    let j: serde_json::Value = client.post(format!("{base}/join/tls1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(j["params"]["wss_url"], format!("wss://127.0.0.1:{}/ws", addr.port()));
+    assert_eq!(j["params"]["wss_post_url"], base);
+
+    // WSS: register two clients and relay a message.
+    let config = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    let mut sockets = Vec::new();
+    for c in ["a", "b"] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let req = format!("wss://127.0.0.1:{}/ws", addr.port()).into_client_request().unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("{{\"cmd\":\"register\",\"roomid\":\"tls1\",\"clientid\":\"{c}\"}}")))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+    sockets[0].send(tokio_tungstenite::tungstenite::Message::text("{\"cmd\":\"send\",\"msg\":\"over tls\"}")).await.unwrap();
+    let got = tokio::time::timeout(WAIT, sockets[1].next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.into_text().unwrap().as_str(), "{\"msg\":\"over tls\",\"error\":\"\"}\n");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The optional Collider-style listener (AppRTC ran Collider on its own port) shares rooms with
+/// the main listener.
+#[tokio::test]
+async fn t13_separate_signaling_listener() {
+    let sig_port = free_port(&[std::net::Ipv4Addr::LOCALHOST]);
+    let n = NodeProcess::start(NodeSpec::single().set(&format!("http.signaling_listen=\"127.0.0.1:{sig_port}\""))).await.unwrap();
+    let sig = Http::new(&format!("http://127.0.0.1:{sig_port}"));
+    assert!(sig.status().await.unwrap()["upsec"].is_f64());
+    let r = fresh_room("split");
+    let mut a = WsClient::connect(&n.ws_url()).await.unwrap();
+    a.register(&r, "a").await.unwrap();
+    let mut b = WsClient::connect(&format!("ws://127.0.0.1:{sig_port}/ws")).await.unwrap();
+    b.register(&r, "b").await.unwrap();
+    a.send_msg("across listeners").await.unwrap();
+    assert_eq!(b.expect_msg(WAIT).await.unwrap(), "across listeners");
+    // Room-server routes are not on the signaling listener: there, /join/x is Collider's
+    // POST to room "join" as client "x".
+    let reply = sig.post("/params", "").await.unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+}
