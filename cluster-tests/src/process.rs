@@ -21,6 +21,13 @@ pub fn binary() -> PathBuf {
         let release = std::env::var("SWITCHBOARD_RELEASE").is_ok_and(|v| v == "1");
         let mut cmd = Command::new(cargo);
         cmd.current_dir(&root).args(["build", "-q", "-p", "switchboard", "--bin", "switchboard"]);
+        // Cargo sets CARGO_MANIFEST_DIR and friends for the test; build scripts (ring's) watch
+        // them, so passing them on would rebuild half the tree on every test run.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cmd.env_remove(k);
+            }
+        }
         if release {
             cmd.arg("--release");
         }

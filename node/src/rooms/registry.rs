@@ -30,7 +30,13 @@ pub struct ToRoom {
 /// A session registers as `client` in `room`; answered with the room actor to relay through.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Addr<RoomActor>, AttachError>")]
-pub struct RegisterSession(pub Attach);
+pub struct RegisterSession {
+    /// The registration.
+    pub attach: Attach,
+    /// The arbiter (thread) of the session: a new room starts there, so the sockets of a room
+    /// on one thread exchange messages without waking another thread.
+    pub arbiter: actix::ArbiterHandle,
+}
 
 /// Sent by a room that has no local socket left.
 #[derive(Debug, Message)]
@@ -51,11 +57,12 @@ impl RoomRegistry {
         RoomRegistry { membership, rooms: HashMap::new() }
     }
 
-    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> Addr<RoomActor> {
+    fn room(&mut self, name: &str, arbiter: &actix::ArbiterHandle, ctx: &mut Context<Self>) -> Addr<RoomActor> {
         if let Some(addr) = self.rooms.get(name) {
             return addr.clone();
         }
-        let addr = RoomActor::new(name.to_owned(), self.membership.clone(), ctx.address()).start();
+        let room = RoomActor::new(name.to_owned(), self.membership.clone(), ctx.address());
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| room);
         self.rooms.insert(name.to_owned(), addr.clone());
         addr
     }
@@ -73,8 +80,9 @@ impl Actor for RoomRegistry {
 impl Handler<RegisterSession> for RoomRegistry {
     type Result = ResponseFuture<Result<Addr<RoomActor>, AttachError>>;
 
-    fn handle(&mut self, RegisterSession(msg): RegisterSession, ctx: &mut Context<Self>) -> Self::Result {
-        let room = self.room(&msg.room, ctx);
+    fn handle(&mut self, msg: RegisterSession, ctx: &mut Context<Self>) -> Self::Result {
+        let RegisterSession { attach: msg, arbiter } = msg;
+        let room = self.room(&msg.room, &arbiter, ctx);
         Box::pin(async move {
             match room.send(msg).await {
                 Ok(Ok(())) => Ok(room),

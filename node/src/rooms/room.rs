@@ -175,14 +175,15 @@ impl Handler<Detach> for RoomActor {
             now_ms: now_ms(),
         };
         let membership = self.membership.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = membership.propose(cmd).await {
-                    warn!(error = %e, "could not start the reconnect grace of a closed socket");
-                }
+        // `wait`, not `spawn`: the room must not stop (and drop the proposal) before the
+        // binding is released, or the client could never register again.
+        async move {
+            if let Err(e) = membership.propose(cmd).await {
+                warn!(error = %e, "could not start the reconnect grace of a closed socket");
             }
-            .into_actor(self),
-        );
+        }
+        .into_actor(self)
+        .wait(ctx);
         self.idle_check();
     }
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
+use futures_util::Sink;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use bytes::Bytes;
 use switchboard_proto::collider::{self, ClientFrame, FrameError};
 use switchboard_proto::rooms::SessionId;
@@ -26,12 +29,6 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 #[rtype(result = "()")]
 pub struct GoingAway;
 
-enum Out {
-    Text(String),
-    Pong(Bytes),
-    Ping,
-}
-
 struct Registered {
     room: String,
     client: String,
@@ -45,7 +42,7 @@ pub struct SignalingSession {
     ws: actix_ws::Session,
     registered: Option<Registered>,
     registering: bool,
-    backlog: VecDeque<Out>,
+    backlog: VecDeque<Message>,
     writing: bool,
     close: Option<CloseReason>,
     close_sent: bool,
@@ -93,7 +90,7 @@ pub async fn ws_handler(
 }
 
 impl SignalingSession {
-    fn push(&mut self, out: Out, ctx: &mut Context<Self>) {
+    fn push(&mut self, out: Message, ctx: &mut Context<Self>) {
         if self.close.is_some() {
             return;
         }
@@ -110,7 +107,7 @@ impl SignalingSession {
 
     fn send_error(&mut self, error: &str, fatal: bool, ctx: &mut Context<Self>) {
         self.node.stats.wserror();
-        self.push(Out::Text(collider::error_frame(error)), ctx);
+        self.push(Message::Text(collider::error_frame(error).into()), ctx);
         if fatal {
             // Collider: the error frame, then a close frame with status 1000, then TCP close.
             self.close_with(CloseCode::Normal, "", ctx);
@@ -125,38 +122,76 @@ impl SignalingSession {
         }
     }
 
-    /// Writes the backlog, then the close frame if one is due, one writer at a time so frames
-    /// keep their order.
+    /// Hands `msg` to the socket's writer if its channel has room now, without waiting.
+    fn write_now(&mut self, msg: Message) -> Write {
+        let mut cx = TaskContext::from_waker(futures_util::task::noop_waker_ref());
+        match Pin::new(&mut self.ws).poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => match Pin::new(&mut self.ws).start_send(msg) {
+                Ok(()) => Write::Done,
+                Err(_) => Write::Closed,
+            },
+            Poll::Ready(Err(_)) => Write::Closed,
+            Poll::Pending => Write::Full(msg),
+        }
+    }
+
+    /// Writes the backlog, then the close frame if one is due. Frames go straight into the
+    /// socket's channel while it has room; when it is full, one writer future waits for room, so
+    /// frames keep their order.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.writing {
             return;
         }
-        let frames: Vec<Out> = self.backlog.drain(..).collect();
-        let close = if self.close_sent { None } else { self.close.clone() };
-        if frames.is_empty() && close.is_none() {
-            return;
-        }
-        self.close_sent |= close.is_some();
-        self.writing = true;
-        let mut ws = self.ws.clone();
-        let write = async move {
-            for f in frames {
-                match f {
-                    Out::Text(t) => ws.text(t).await?,
-                    Out::Pong(b) => ws.pong(&b).await?,
-                    Out::Ping => ws.ping(b"").await?,
+        while let Some(msg) = self.backlog.pop_front() {
+            match self.write_now(msg) {
+                Write::Done => {}
+                Write::Closed => {
+                    ctx.stop();
+                    return;
+                }
+                Write::Full(msg) => {
+                    self.backlog.push_front(msg);
+                    return self.wait_for_room(ctx);
                 }
             }
-            match close {
-                Some(reason) => ws.close(Some(reason)).await.map(|_| true),
-                None => Ok(false),
+        }
+        if self.close_sent {
+            return;
+        }
+        if let Some(reason) = self.close.clone() {
+            match self.write_now(Message::Close(Some(reason))) {
+                Write::Done | Write::Closed => {
+                    self.close_sent = true;
+                    ctx.stop();
+                }
+                Write::Full(msg) => {
+                    self.backlog.push_front(msg);
+                    self.close_sent = true;
+                    self.wait_for_room(ctx);
+                }
             }
+        }
+    }
+
+    /// The socket's channel is full: send the backlog from a future that waits for room.
+    fn wait_for_room(&mut self, ctx: &mut Context<Self>) {
+        self.writing = true;
+        let frames: Vec<Message> = self.backlog.drain(..).collect();
+        let mut ws = self.ws.clone();
+        let write = async move {
+            use futures_util::SinkExt;
+            let mut closing = false;
+            for f in frames {
+                closing |= matches!(f, Message::Close(_));
+                ws.feed(f).await?;
+            }
+            Ok::<bool, actix_ws::Closed>(closing)
         };
         ctx.spawn(write.into_actor(self).map(|res, act, ctx| {
             act.writing = false;
             match res {
                 Ok(false) => act.pump(ctx),
-                // Closed by us, or the socket is gone.
+                // The close frame went out, or the socket is gone.
                 _ => ctx.stop(),
             }
         }));
@@ -200,7 +235,7 @@ impl SignalingSession {
         // `register` must find the session registered.
         self.node
             .registry
-            .send(RegisterSession(attach))
+            .send(RegisterSession { attach, arbiter: actix::Arbiter::current() })
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.registering = false;
@@ -218,6 +253,12 @@ impl SignalingSession {
     }
 }
 
+enum Write {
+    Done,
+    Full(Message),
+    Closed,
+}
+
 impl Actor for SignalingSession {
     type Context = Context<Self>;
 
@@ -228,7 +269,7 @@ impl Actor for SignalingSession {
                 info!(session = %act.id, "client timed out");
                 ctx.stop();
             } else {
-                act.push(Out::Ping, ctx);
+                act.push(Message::Ping(Bytes::new()), ctx);
             }
         });
     }
@@ -251,14 +292,14 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
             Ok(AggregatedMessage::Text(t)) => self.on_frame(t.as_bytes(), ctx),
             // Collider decodes binary frames as JSON, like text.
             Ok(AggregatedMessage::Binary(b)) => self.on_frame(&b, ctx),
-            Ok(AggregatedMessage::Ping(b)) => self.push(Out::Pong(b), ctx),
+            Ok(AggregatedMessage::Ping(b)) => self.push(Message::Pong(b), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => self.close_with(CloseCode::Normal, "", ctx),
             Err(ProtocolError::Overflow) => {
                 metrics::counter!("switchboard_errors_total", "kind" => "oversized").increment(1);
                 let e = FrameError::Json("message too large".into());
                 self.node.stats.wserror();
-                self.push(Out::Text(collider::error_frame(&e.to_string())), ctx);
+                self.push(Message::Text(collider::error_frame(&e.to_string()).into()), ctx);
                 self.close_with(CloseCode::Size, "message too large", ctx);
             }
             Err(e) => {
@@ -280,7 +321,7 @@ impl Handler<ToSession> for SignalingSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
-            ToSession::Deliver(m) => self.push(Out::Text(collider::message_frame(&m)), ctx),
+            ToSession::Deliver(m) => self.push(Message::Text(collider::message_frame(&m).into()), ctx),
             ToSession::Close => {
                 // Removed by DELETE: the client is no longer registered here.
                 if self.registered.take().is_some() {

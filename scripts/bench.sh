@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Switchboard benchmarks. Each prints a table; run them on an otherwise idle machine and quote
+# medians (the machine is shared and noisy).
+#   scripts/bench.sh signaling [ROOMS...]   Collider load: N rooms x 2 sockets, 1 message in flight
+#                                            per room (default N = 100 5000), then idle memory
+#                                            per session at 10 000 sessions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-}
+shift || true
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-3}
+
+build() {
+  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin loadgen --bin barerelay
+}
+
+# start_node ADDR [--set k=v ...]: starts a release node, echoes its pid.
+start_node() {
+  local addr=$1; shift
+  local log
+  log=$(mktemp /tmp/switchboard-bench.XXXXXX.log)
+  RUST_LOG=warn target/release/switchboard --listen "$addr" --set http.max_sessions=30000 "$@" >"$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do
+    curl -sf "http://$addr/healthz" >/dev/null && { echo "$pid"; return; }
+    sleep 0.1
+  done
+  echo "node did not start; log: $log" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+signaling() {
+  build
+  # 10 000 sessions need as many descriptors in the node and in the generator.
+  ulimit -n "$(ulimit -Hn)"
+  local rooms=("$@")
+  [ ${#rooms[@]} -gt 0 ] || rooms=(100 5000)
+  local addr=127.0.0.1:18083
+  echo "# Collider signaling load on one node ($(nproc) cores), ${DURATION}s per run, median of ${REPEAT}"
+  echo "# reference (Go Collider, same load shape, this kind of machine): 93 000 msgs/s at N=100,"
+  echo "#   p50 2.0 ms, p99 6.1 ms, 7-9 µs CPU per message"
+  echo
+  echo "| rooms | msgs/s | RTT p50 | RTT p99 | server µs/msg | server cores | generator cores | server RSS | vs Collider msgs/s | vs Collider µs/msg |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for n in "${rooms[@]}"; do
+    local runs=()
+    for _ in $(seq "$REPEAT"); do
+      local pid
+      pid=$(start_node "$addr")
+      runs+=("$(target/release/loadgen --target "$addr" --rooms "$n" --duration "$DURATION" --server-pid "$pid" --kv)")
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+    done
+    local rate p50 p99 us cores gen rss
+    rate=$(printf '%s\n' "${runs[@]}" | field msgs_per_s | median)
+    p50=$(printf '%s\n' "${runs[@]}" | field rtt_p50_ms | median)
+    p99=$(printf '%s\n' "${runs[@]}" | field rtt_p99_ms | median)
+    us=$(printf '%s\n' "${runs[@]}" | field server_us_per_msg | median)
+    cores=$(printf '%s\n' "${runs[@]}" | field server_cpu_cores | median)
+    gen=$(printf '%s\n' "${runs[@]}" | field gen_cpu_cores | median)
+    rss=$(printf '%s\n' "${runs[@]}" | field server_rss_mib | median)
+    printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f | %.2f | %.2f | %.1f MiB | %.2fx | %.2fx |\n' \
+      "$n" "$rate" "$p50" "$p99" "$us" "$cores" "$gen" "$rss" \
+      "$(awk -v r="$rate" 'BEGIN {print r / 93000}')" "$(awk -v u="$us" 'BEGIN {print u / 8}')"
+  done
+  echo
+  echo "# floor: a bare single-threaded tokio relay (cluster-tests/src/bin/barerelay.rs) under the same load"
+  local bare
+  target/release/barerelay --listen 127.0.0.1:18090 & bare=$!
+  sleep 0.3
+  for n in "${rooms[@]}"; do
+    target/release/loadgen --target 127.0.0.1:18090 --rooms "$n" --duration "$DURATION" --server-pid "$bare" --kv
+  done
+  kill "$bare"; wait "$bare" 2>/dev/null || true
+  echo
+  local pid
+  pid=$(start_node "$addr")
+  target/release/loadgen --target "$addr" --rooms 5000 --idle --server-pid "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+case "$what" in
+  signaling) signaling "$@" ;;
+  *) echo "usage: scripts/bench.sh signaling [ROOMS...]" >&2; exit 2 ;;
+esac
