@@ -11,6 +11,7 @@ what=${1:-}
 shift || true
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-3}
+WORKERS=${WORKERS:-"1 2"}
 
 build() {
   cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin loadgen --bin barerelay
@@ -32,6 +33,13 @@ start_node() {
   exit 1
 }
 
+# stop PID: SIGTERM, then wait until it is gone (it is not a child of this shell).
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
@@ -46,15 +54,16 @@ signaling() {
   echo "# reference (Go Collider, same load shape, this kind of machine): 93 000 msgs/s at N=100,"
   echo "#   p50 2.0 ms, p99 6.1 ms, 7-9 µs CPU per message"
   echo
-  echo "| rooms | msgs/s | RTT p50 | RTT p99 | server µs/msg | server cores | generator cores | server RSS | vs Collider msgs/s | vs Collider µs/msg |"
-  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| rooms | workers | msgs/s | RTT p50 | RTT p99 | server µs/msg | server cores | generator cores | server RSS | vs Collider msgs/s | vs Collider µs/msg |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for n in "${rooms[@]}"; do
+  for w in $WORKERS; do
     local runs=()
     for _ in $(seq "$REPEAT"); do
       local pid
-      pid=$(start_node "$addr")
+      pid=$(start_node "$addr" --set "http.workers=$w")
       runs+=("$(target/release/loadgen --target "$addr" --rooms "$n" --duration "$DURATION" --server-pid "$pid" --kv)")
-      kill "$pid"; wait "$pid" 2>/dev/null || true
+      stop "$pid"
     done
     local rate p50 p99 us cores gen rss
     rate=$(printf '%s\n' "${runs[@]}" | field msgs_per_s | median)
@@ -64,9 +73,10 @@ signaling() {
     cores=$(printf '%s\n' "${runs[@]}" | field server_cpu_cores | median)
     gen=$(printf '%s\n' "${runs[@]}" | field gen_cpu_cores | median)
     rss=$(printf '%s\n' "${runs[@]}" | field server_rss_mib | median)
-    printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f | %.2f | %.2f | %.1f MiB | %.2fx | %.2fx |\n' \
-      "$n" "$rate" "$p50" "$p99" "$us" "$cores" "$gen" "$rss" \
+    printf '| %s | %s | %.0f | %.2f ms | %.2f ms | %.2f | %.2f | %.2f | %.1f MiB | %.2fx | %.2fx |\n' \
+      "$n" "$w" "$rate" "$p50" "$p99" "$us" "$cores" "$gen" "$rss" \
       "$(awk -v r="$rate" 'BEGIN {print r / 93000}')" "$(awk -v u="$us" 'BEGIN {print u / 8}')"
+  done
   done
   echo
   echo "# floor: a bare single-threaded tokio relay (cluster-tests/src/bin/barerelay.rs) under the same load"
@@ -76,12 +86,12 @@ signaling() {
   for n in "${rooms[@]}"; do
     target/release/loadgen --target 127.0.0.1:18090 --rooms "$n" --duration "$DURATION" --server-pid "$bare" --kv
   done
-  kill "$bare"; wait "$bare" 2>/dev/null || true
+  stop "$bare"
   echo
   local pid
   pid=$(start_node "$addr")
   target/release/loadgen --target "$addr" --rooms 5000 --idle --server-pid "$pid"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop "$pid"
 }
 
 case "$what" in

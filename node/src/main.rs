@@ -76,6 +76,8 @@ fn init_tracing(config: &Config) {
 
 async fn run(config: Config) -> Result<()> {
     http::ops::install_metrics()?;
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("cannot create node.data_dir {}", config.node.data_dir.display()))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let registry_ctx = Context::<RoomRegistry>::new();

@@ -15,9 +15,11 @@ use crate::rooms::ApplyEffects;
 #[non_exhaustive]
 pub enum ProposeError {
     /// No majority of the cluster is reachable; membership cannot change now.
+    #[allow(dead_code)] // the Raft backend of the cluster answers this
     #[error("no quorum: room membership cannot change until a majority of nodes is reachable")]
     NoQuorum,
     /// The node is shutting down.
+    #[allow(dead_code)] // the Raft backend of the cluster answers this
     #[error("node is shutting down")]
     ShuttingDown,
 }

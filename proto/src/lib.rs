@@ -11,6 +11,7 @@
 //! - [`rooms`]: the room state machine driven by [`rooms::Command`]s; the Raft state machine of
 //!   a cluster and the in-place state of a single node.
 //! - [`credentials`]: TURN REST credentials (coturn `use-auth-secret`).
+//! - [`cluster`]: the replicated cluster state (rooms + node liveness) and the peer-link frames.
 //!
 //! ## Failure model
 //! Nothing here panics on peer input: parsers return typed errors whose `Display` is the exact
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apprtc;
+pub mod cluster;
 pub mod collider;
 pub mod credentials;
 pub mod ids;

@@ -101,7 +101,15 @@ pub enum Command {
     Remove { room: String, client: String, now_ms: u64 },
     /// Time passed: remove clients whose grace ran out and idle rooms.
     Tick { now_ms: u64 },
+    /// Every socket of `node` is gone (the node died or restarted): its clients get `grace_ms`
+    /// to register again anywhere; a client that does not is evicted and its peer is sent the
+    /// `bye` a leaving client would have sent.
+    UnbindNode { node: NodeId, now_ms: u64, grace_ms: u64 },
 }
+
+/// The one message the server ever writes into a room of its own: sent to the remaining peer
+/// when a member is evicted because its node was lost, exactly what a leaving client sends.
+pub const BYE: &str = "{\"type\":\"bye\"}";
 
 /// The answer to the proposer of a command.
 #[allow(missing_docs)]
@@ -123,6 +131,10 @@ pub enum Outcome {
     Removed(bool),
     /// Answer to [`Command::Tick`]: how many clients and rooms expired.
     Ticked { clients: usize, rooms: usize },
+    /// Answer to [`Command::UnbindNode`]: how many clients lost their socket.
+    NodeUnbound { clients: usize },
+    /// Answer to a replicated entry that carries no command (Raft's own entries).
+    Noop,
 }
 
 /// Result of a join.
@@ -236,6 +248,9 @@ struct Client {
     queue: VecDeque<String>,
     /// When an unbound client is removed.
     deadline_ms: Option<u64>,
+    /// Its node was lost: if it does not come back, its peer gets a `bye`.
+    #[serde(default)]
+    bye_on_expiry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,6 +450,9 @@ impl Rooms {
                 Outcome::Removed(self.remove_client(&room, &client, now_ms, &mut effects))
             }
             Command::Tick { now_ms } => self.tick(now_ms, &mut effects),
+            Command::UnbindNode { node, now_ms, grace_ms } => {
+                Outcome::NodeUnbound { clients: self.unbind_node(node, now_ms, grace_ms) }
+            }
         };
         Applied { outcome, effects }
     }
@@ -500,13 +518,18 @@ impl Rooms {
             self.timers.pop_first();
             match client {
                 Some(client) => {
+                    let mut bye = false;
                     if let Some(c) = self.rooms.get_mut(&room).and_then(|r| {
                         r.clients.iter_mut().find(|c| c.id == client)
                     }) {
                         c.deadline_ms = None;
+                        bye = c.bye_on_expiry;
                     }
                     if self.remove_client(&room, &client, now_ms, effects) {
                         clients += 1;
+                        if bye {
+                            self.send_bye(&room, effects);
+                        }
                     }
                 }
                 None => {
@@ -631,6 +654,7 @@ impl Rooms {
             binding: None,
             queue: VecDeque::new(),
             deadline_ms: None,
+            bye_on_expiry: false,
         });
         self.set_deadline(room, client, Some(now_ms + grace));
         Ok(())
@@ -658,6 +682,7 @@ impl Rooms {
             return Err(RegisterError::Duplicated);
         }
         c.binding = Some(at);
+        c.bye_on_expiry = false;
         // The other client's queue is flushed to the newcomer, in order.
         if let Some(other) = r.clients.iter_mut().find(|c| c.id != client) {
             if !other.queue.is_empty() {
@@ -717,6 +742,37 @@ impl Rooms {
         self.set_deadline(room, client, Some(now_ms + grace));
         self.refresh(room, now_ms);
         true
+    }
+
+    fn unbind_node(&mut self, node: NodeId, now_ms: u64, grace_ms: u64) -> usize {
+        let lost = self.bindings_on(node);
+        for (room, client, _) in &lost {
+            if let Some(c) = self
+                .rooms
+                .get_mut(room)
+                .and_then(|r| r.clients.iter_mut().find(|c| &c.id == client))
+            {
+                c.binding = None;
+                c.bye_on_expiry = true;
+            }
+            self.set_deadline(room, client, Some(now_ms + grace_ms));
+            self.refresh(room, now_ms);
+        }
+        lost.len()
+    }
+
+    /// Tells the remaining bound client of `room` that its peer is gone.
+    fn send_bye(&mut self, room: &str, effects: &mut Vec<Effect>) {
+        if let Some(c) = self.rooms.get(room).and_then(|r| r.clients.iter().find(|c| c.binding.is_some())) {
+            if let Some(at) = c.binding {
+                effects.push(Effect::Deliver {
+                    room: room.to_owned(),
+                    to: c.id.clone(),
+                    at,
+                    messages: vec![BYE.to_owned()],
+                });
+            }
+        }
     }
 
     /// Removes a Collider client (DELETE, or its grace ran out) and, as AppRTC's `/bye` notice

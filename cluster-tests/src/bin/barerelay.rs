@@ -113,6 +113,8 @@ async fn serve(tcp: tokio::net::TcpStream, rooms: Rooms) -> Result<()> {
                 let room = String::from_utf8_lossy(room).into_owned();
                 let mut rooms = rooms.borrow_mut();
                 let r = rooms.entry(room.clone()).or_default();
+                // Clients of an earlier run are gone; their outboxes are closed.
+                r.members.retain(|m| !m.is_closed());
                 r.members.push(tx.clone());
                 for f in r.pending.drain(..) {
                     let _ = tx.send(f);

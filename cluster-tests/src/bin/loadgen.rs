@@ -213,9 +213,12 @@ async fn run(args: Args) -> Result<()> {
     let mut pairs = Vec::with_capacity(args.rooms);
     // Open rooms a few hundred at a time so the accept queue is not flooded.
     for chunk in (0..args.rooms).collect::<Vec<_>>().chunks(200) {
-        let futs: Vec<_> = chunk.iter().map(|&i| open_room(&args, i)).collect();
-        for r in futures_util::future::join_all(futs).await {
-            pairs.push(r?);
+        let futs: Vec<_> = chunk
+            .iter()
+            .map(|&i| tokio::time::timeout(Duration::from_secs(20), open_room(&args, i)))
+            .collect();
+        for (r, i) in futures_util::future::join_all(futs).await.into_iter().zip(chunk) {
+            pairs.push(r.with_context(|| format!("room {i}: no answer within 20 s"))??);
         }
     }
     let setup_secs = setup.elapsed().as_secs_f64();

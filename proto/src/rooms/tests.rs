@@ -320,6 +320,37 @@ fn bindings_on_a_node() {
     assert_eq!(on2, vec![("R".to_string(), "b".to_string()), ("S".to_string(), "c".to_string())]);
 }
 
+/// A lost node's clients may register again anywhere within the grace; one that does not is
+/// evicted and its peer gets the `bye` a leaving client would have sent.
+#[test]
+fn lost_node_clients_rebind_or_are_evicted_with_bye() {
+    let mut r = rooms();
+    for (room, a, b) in [("R", "a1", "b1"), ("S", "a2", "b2")] {
+        join(&mut r, room, a);
+        join(&mut r, room, b);
+    }
+    register(&mut r, "R", "a1", at(1, 1), T0);
+    register(&mut r, "R", "b1", at(2, 2), T0);
+    register(&mut r, "S", "a2", at(1, 3), T0);
+    register(&mut r, "S", "b2", at(2, 4), T0);
+    let a = r.apply(Command::UnbindNode { node: 1, now_ms: T0 + 10, grace_ms: 5_000 });
+    assert_eq!(a.outcome, Outcome::NodeUnbound { clients: 2 });
+    assert!(a.effects.is_empty(), "nothing is sent when the node is lost");
+    assert_eq!(r.collider_route("R", "b1"), Route::ViaLog, "b1's messages now wait for a1");
+    // a1 comes back on node 3; a2 never does.
+    assert_eq!(register(&mut r, "R", "a1", at(3, 9), T0 + 1_000).outcome, Outcome::Register(Ok(())));
+    let t = r.apply(Command::Tick { now_ms: T0 + 5_010 });
+    assert_eq!(t.outcome, Outcome::Ticked { clients: 1, rooms: 0 });
+    assert_eq!(t.effects, vec![Effect::Deliver { room: "S".into(), to: "b2".into(), at: at(2, 4), messages: vec![BYE.into()] }]);
+    assert_eq!(r.members("S"), vec!["b2".to_string()], "a2 left the room; b2 is the initiator");
+    assert_eq!(r.is_initiator("S", "b2"), Some(true));
+    assert_eq!(r.clients("R").len(), 2, "a1 re-registered in time");
+    // A later normal socket drop of a1 does not send a bye.
+    r.apply(Command::Unbind { room: "R".into(), client: "a1".into(), at: at(3, 9), now_ms: T0 + 6_000 });
+    let t = r.apply(Command::Tick { now_ms: T0 + 17_000 });
+    assert!(t.effects.is_empty(), "{:?}", t.effects);
+}
+
 /// A tiny deterministic generator, so the property test needs no dependency.
 struct Lcg(u64);
 impl Lcg {
@@ -340,6 +371,7 @@ fn random_command(g: &mut Lcg, now: u64) -> Command {
         3 => Command::Register { room, client, at: b, now_ms: now },
         4 => Command::Send { room, client, body: format!("s{now}"), now_ms: now },
         5 => Command::Unbind { room, client, at: b, now_ms: now },
+        6 if g.next(4) == 0 => Command::UnbindNode { node: g.next(3) + 1, now_ms: now, grace_ms: 30 },
         6 => Command::Remove { room, client, now_ms: now },
         _ => Command::Tick { now_ms: now },
     }

@@ -1,0 +1,348 @@
+//! The cluster's replicated state and its wire format, sans-IO: [`ClusterCommand`]s applied to
+//! [`ClusterState`] (the Raft state machine), and the postcard [`Frame`]s nodes exchange over
+//! their peer links (Raft RPCs, forwarded signaling messages, liveness pings).
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::rooms::{Applied, Command, Limits, NodeId, Outcome, Rooms, SessionId};
+
+/// A change to the cluster state, replicated through Raft.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// A room command (join, register, send…).
+    Room(Command),
+    /// The leader lost `node`: its sockets are gone; clients get `grace_ms` to come back.
+    NodeDown { node: NodeId, now_ms: u64, grace_ms: u64 },
+    /// `node` (re)started: it holds no socket of an earlier life; it is live again.
+    NodeUp { node: NodeId, now_ms: u64, grace_ms: u64 },
+    /// A node's load, for placing TURN allocations.
+    Load { node: NodeId, report: LoadReport },
+}
+
+/// What a node reports about its load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Open signaling sessions.
+    pub sessions: u64,
+    /// Live TURN allocations.
+    pub allocations: u64,
+    /// Relayed bytes per second, both directions.
+    pub relay_bps: u64,
+}
+
+/// What the cluster knows of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Whether the node is live (not declared down since it last came up).
+    pub up: bool,
+    /// When it last changed state (ms since the epoch, proposer's clock).
+    pub since_ms: u64,
+    /// Its latest load report.
+    pub load: LoadReport,
+}
+
+/// The replicated state: rooms and node liveness. Every node holds an identical copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Room membership and bindings.
+    pub rooms: Rooms,
+    nodes: BTreeMap<NodeId, NodeStatus>,
+}
+
+impl ClusterState {
+    /// An empty state.
+    pub fn new(limits: Limits) -> Self {
+        ClusterState { rooms: Rooms::new(limits), nodes: BTreeMap::new() }
+    }
+
+    /// Applies one command; deterministic like [`Rooms::apply`].
+    pub fn apply(&mut self, cmd: ClusterCommand) -> Applied {
+        match cmd {
+            ClusterCommand::Room(c) => self.rooms.apply(c),
+            ClusterCommand::NodeDown { node, now_ms, grace_ms } => {
+                self.set_up(node, false, now_ms);
+                self.rooms.apply(Command::UnbindNode { node, now_ms, grace_ms })
+            }
+            ClusterCommand::NodeUp { node, now_ms, grace_ms } => {
+                self.set_up(node, true, now_ms);
+                self.rooms.apply(Command::UnbindNode { node, now_ms, grace_ms })
+            }
+            ClusterCommand::Load { node, report } => {
+                self.nodes.entry(node).or_default().load = report;
+                Applied { outcome: Outcome::Noop, effects: Vec::new() }
+            }
+        }
+    }
+
+    fn set_up(&mut self, node: NodeId, up: bool, now_ms: u64) {
+        let s = self.nodes.entry(node).or_default();
+        if s.up != up || s.since_ms == 0 {
+            s.up = up;
+            s.since_ms = now_ms;
+        }
+    }
+
+    /// A node's status, if it ever reported.
+    pub fn node(&self, node: NodeId) -> Option<&NodeStatus> {
+        self.nodes.get(&node)
+    }
+
+    /// Every node's status.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeStatus> {
+        &self.nodes
+    }
+
+    /// Whether `node` is considered live (never declared down, or up again).
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_none_or(|s| s.up)
+    }
+
+    /// Serialises the state for a snapshot.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+
+    /// Restores a state from a snapshot.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let mut s: ClusterState = postcard::from_bytes(bytes)?;
+        s.rooms.rebuild_index();
+        Ok(s)
+    }
+
+    /// A digest of the state, equal on nodes that applied the same log.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let bytes = postcard::to_allocvec(self).unwrap_or_default();
+        let d = Sha256::digest(&bytes);
+        d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Kinds of Raft RPC carried as opaque postcard payloads.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// A request over a peer link; answered by a [`Reply`] with the same id.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A Raft RPC (payload: the postcard-encoded openraft request).
+    Raft { kind: RaftRpc, payload: Vec<u8> },
+    /// Apply a command (sent to the leader by a follower).
+    Propose(ClusterCommand),
+    /// Start an election (leadership hand-over when the leader drains).
+    TriggerElect,
+}
+
+/// The answer to a [`Request`].
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A Raft RPC's postcard-encoded result.
+    Raft(Vec<u8>),
+    /// The outcome of an applied proposal.
+    Proposed(Outcome),
+    /// This node is not the leader; try `leader` if known.
+    NotLeader { leader: Option<NodeId> },
+    /// Done (no data).
+    Done,
+    /// The request failed.
+    Failed(String),
+}
+
+/// A frame on a peer link.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame of a connection: who connects, which life of it, and proof of the cluster
+    /// secret.
+    Hello { from: NodeId, incarnation: u64, auth: Vec<u8> },
+    Request { id: u64, body: Request },
+    Reply { id: u64, body: Reply },
+    /// Signaling messages for a session on the receiving node. `seq` orders and deduplicates
+    /// them per sender life; they are resent after a reconnect until acknowledged.
+    Forward { seq: u64, room: String, session: SessionId, messages: Vec<String> },
+    /// Every forward up to `seq` was handed to its room.
+    Ack { seq: u64 },
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+}
+
+/// Proof that a peer knows the cluster secret: HMAC-SHA256 over its id and incarnation.
+pub fn hello_auth(secret: &[u8], from: NodeId, incarnation: u64) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"switchboard-peer-v1");
+    mac.update(&from.to_be_bytes());
+    mac.update(&incarnation.to_be_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Checks a [`Frame::Hello`] proof in constant time.
+pub fn verify_hello(secret: &[u8], from: NodeId, incarnation: u64, auth: &[u8]) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"switchboard-peer-v1");
+    mac.update(&from.to_be_bytes());
+    mac.update(&incarnation.to_be_bytes());
+    mac.verify_slice(auth).is_ok()
+}
+
+/// The largest frame a peer may send (snapshots travel in chunks below this).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Why a peer's byte stream was refused.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// A frame announced more than [`MAX_FRAME`] bytes.
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The frame is not valid postcard for [`Frame`].
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Encodes a frame: a 4-byte big-endian length, then postcard.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, postcard::Error> {
+    let body = postcard::to_allocvec(frame)?;
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Splits a byte stream into frames.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// Adds received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, if any.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(CodecError::TooLarge(len));
+        }
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = postcard::from_bytes(&avail[4..4 + len])?;
+        self.start += 4 + len;
+        if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::{Binding, Effect, BYE};
+    use uuid::Uuid;
+
+    fn b(node: NodeId, n: u128) -> Binding {
+        Binding { node, session: SessionId(Uuid::from_u128(n)) }
+    }
+
+    #[test]
+    fn node_down_then_up_tracks_liveness_and_unbinds() {
+        let mut s = ClusterState::new(Limits::default());
+        for (c, at) in [("a", b(1, 1)), ("b", b(2, 2))] {
+            s.apply(ClusterCommand::Room(Command::Register { room: "R".into(), client: c.into(), at, now_ms: 1 }));
+        }
+        assert!(s.is_up(1));
+        let a = s.apply(ClusterCommand::NodeDown { node: 1, now_ms: 10, grace_ms: 100 });
+        assert_eq!(a.outcome, Outcome::NodeUnbound { clients: 1 });
+        assert!(!s.is_up(1));
+        let t = s.apply(ClusterCommand::Room(Command::Tick { now_ms: 110 }));
+        assert_eq!(t.effects, vec![Effect::Deliver { room: "R".into(), to: "b".into(), at: b(2, 2), messages: vec![BYE.into()] }]);
+        s.apply(ClusterCommand::NodeUp { node: 1, now_ms: 200, grace_ms: 100 });
+        assert!(s.is_up(1));
+        assert_eq!(s.node(1).map(|n| n.since_ms), Some(200));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_state_and_digest() {
+        let mut s = ClusterState::new(Limits::default());
+        s.apply(ClusterCommand::Room(Command::Join { room: "R".into(), client: "1".into(), loopback: false, now_ms: 5 }));
+        s.apply(ClusterCommand::Room(Command::Send { room: "R".into(), client: "x".into(), body: "m".into(), now_ms: 5 }));
+        s.apply(ClusterCommand::Load { node: 2, report: LoadReport { sessions: 3, allocations: 1, relay_bps: 9 } });
+        let back = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.digest(), s.digest());
+        assert_eq!(back.rooms.next_deadline(), s.rooms.next_deadline(), "timers are rebuilt");
+        let mut other = s.clone();
+        other.apply(ClusterCommand::Room(Command::Leave { room: "R".into(), client: "1".into(), now_ms: 6 }));
+        assert_ne!(other.digest(), s.digest());
+    }
+
+    #[test]
+    fn frames_round_trip_in_pieces() {
+        let frames = vec![
+            Frame::Hello { from: 2, incarnation: 7, auth: hello_auth(b"k", 2, 7) },
+            Frame::Request { id: 1, body: Request::Propose(ClusterCommand::NodeUp { node: 2, now_ms: 1, grace_ms: 2 }) },
+            Frame::Reply { id: 1, body: Reply::Proposed(Outcome::Noop) },
+            Frame::Forward { seq: 9, room: "R".into(), session: SessionId(Uuid::from_u128(3)), messages: vec!["m".into()] },
+            Frame::Ack { seq: 9 },
+            Frame::Ping { nonce: 4 },
+        ];
+        let mut bytes = Vec::new();
+        for f in &frames {
+            bytes.extend(encode(f).unwrap());
+        }
+        let mut r = FrameReader::default();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(3) {
+            r.push(chunk);
+            while let Some(f) = r.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn hostile_streams_are_refused() {
+        let mut r = FrameReader::default();
+        r.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(r.next_frame(), Err(CodecError::TooLarge(_))));
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(matches!(r.next_frame(), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn hello_needs_the_secret() {
+        let auth = hello_auth(b"secret", 3, 42);
+        assert!(verify_hello(b"secret", 3, 42, &auth));
+        assert!(!verify_hello(b"other", 3, 42, &auth));
+        assert!(!verify_hello(b"secret", 4, 42, &auth));
+        assert!(!verify_hello(b"secret", 3, 42, &auth[..10]));
+    }
+}
