@@ -9,10 +9,12 @@
 //! - [`process`]: build and locate the binary; start, kill and restart nodes.
 //! - [`client`]: AppRTC room-server HTTP and Collider HTTP calls.
 //! - [`ws`]: a Collider WebSocket client.
+//! - [`cluster`]: three real nodes on 127.0.0.1-3.
 //! - [`browser`]: headless Chromium through chromedriver, in a private network namespace.
 
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod process;
 pub mod ws;
 

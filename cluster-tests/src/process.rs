@@ -113,7 +113,7 @@ impl NodeProcess {
         for s in &self.spec.sets {
             cmd.arg("--set").arg(s);
         }
-        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info,openraft=off".into()));
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }
@@ -191,6 +191,30 @@ impl NodeProcess {
         }
         let _ = c.kill();
         c.wait().ok();
+        None
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "TERM");
+        }
+    }
+
+    /// Waits (polling, without blocking the runtime) until the process exits.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    self.child = None;
+                    return Some(s);
+                }
+            } else {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         None
     }
 

@@ -144,3 +144,62 @@ fn parse_frame(raw: &str) -> WsEvent {
         raw: raw.to_owned(),
     }
 }
+
+/// Registers `client` in `room` at `url`, retrying while the server still holds an older
+/// socket of that client ("Duplicated registration", e.g. before a lost node is declared down).
+/// Registration has no reply, so a quiet moment after the register counts as success; a message
+/// that arrives instead (a queued one) is returned with the socket.
+pub async fn register_retrying(url: &str, room: &str, client: &str, within: Duration) -> Result<(WsClient, Option<String>)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut ws = WsClient::connect(url).await?;
+        ws.register(room, client).await?;
+        match ws.recv(Duration::from_millis(300)).await {
+            Some(e) if e.error().is_some() => {
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("could not register {room}/{client} at {url}: {e:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(WsEvent::Frame { msg, .. }) => return Ok((ws, Some(msg))),
+            Some(e) => anyhow::bail!("socket ended after register: {e:?}"),
+            None => return Ok((ws, None)),
+        }
+    }
+}
+
+/// Registers `client` at `url` again after its node was lost, proving it with probes from its
+/// peer: retried while the server still holds the old socket ("Duplicated registration").
+/// Probes that were queued while the client was away arrive first and are skipped.
+pub async fn reregister_with_probe(
+    url: &str,
+    room: &str,
+    client: &str,
+    peer: &mut WsClient,
+    within: Duration,
+) -> Result<WsClient> {
+    let deadline = tokio::time::Instant::now() + within;
+    for attempt in 0.. {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "could not register {room}/{client} at {url}");
+        let mut ws = WsClient::connect(url).await?;
+        ws.register(room, client).await?;
+        let probe = format!("probe-{attempt}");
+        peer.send_msg(&probe).await?;
+        loop {
+            match ws.recv(Duration::from_secs(3)).await {
+                Some(WsEvent::Frame { msg, error, .. }) if error.is_empty() => {
+                    if msg == probe {
+                        return Ok(ws);
+                    }
+                    // An earlier probe, queued while we were away.
+                }
+                Some(WsEvent::Frame { .. }) | Some(WsEvent::Close(_)) | Some(WsEvent::Eof) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    unreachable!()
+}

@@ -46,6 +46,7 @@ pub struct Config {
     pub rooms: RoomsSection,
     pub apprtc: ApprtcSection,
     pub ice: IceSection,
+    pub cluster: ClusterSection,
     pub log: LogSection,
 }
 
@@ -131,6 +132,48 @@ pub struct IceSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Run as a member of a Raft cluster (otherwise a single node keeps its rooms in memory).
+    pub enabled: bool,
+    /// Internal listener for the other nodes (Raft and forwarded messages). Keep it off public
+    /// networks.
+    pub listen: String,
+    /// The base URL clients use to reach this node (`http(s)://host:port`).
+    pub public_url: String,
+    /// Initialise the Raft group with `peers` when this node has never stored anything.
+    pub bootstrap: bool,
+    /// Shared secret every member proves on connect; empty accepts any peer.
+    pub secret: String,
+    /// Bearer token of the admin API (`/admin/...`); empty disables it.
+    pub admin_token: String,
+    /// The initial members, this node included.
+    pub peers: Vec<PeerSection>,
+    /// Raft heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout (the longest is twice this).
+    pub election_timeout_ms: u64,
+    /// A member whose link is silent this long is declared down.
+    pub node_down_after_ms: u64,
+    /// How long clients of a lost node have to register again before they are evicted.
+    pub node_loss_grace_ms: u64,
+    /// How long a membership change may wait for a majority before it fails.
+    pub propose_timeout_ms: u64,
+    /// Take a snapshot every this many log entries.
+    pub snapshot_logs: u64,
+    /// How long SIGTERM may take to hand leadership and sockets over.
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub id: u64,
+    pub raft_addr: String,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// `tracing` filter, e.g. `info` or `switchboard=debug`. `RUST_LOG` wins when set.
     pub filter: String,
@@ -207,6 +250,19 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");
+        }
+        if self.cluster.enabled {
+            let c = &self.cluster;
+            c.listen.parse::<SocketAddr>().with_context(|| format!("cluster.listen {:?}", c.listen))?;
+            if c.public_url.is_empty() {
+                bail!("cluster.public_url is required when cluster.enabled");
+            }
+            if c.bootstrap && !c.peers.iter().any(|p| p.id == self.node.id) {
+                bail!("cluster.peers must list this node (id {}) to bootstrap", self.node.id);
+            }
+            if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms {
+                bail!("cluster.election_timeout_ms must be larger than cluster.heartbeat_ms");
+            }
         }
         if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_empty() {
             bail!("ice.turn_urls needs ice.turn_secret to issue credentials");

@@ -17,6 +17,7 @@
 //! listeners within `http.shutdown_timeout_secs`.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod config;
 mod http;
 mod membership;
@@ -82,7 +83,19 @@ async fn run(config: Config) -> Result<()> {
 
     let registry_ctx = Context::<RoomRegistry>::new();
     let registry = registry_ctx.address();
-    let membership = Membership::local(config.node.id, config.limits(), registry.clone().recipient());
+    let membership = if config.cluster.enabled {
+        let c = cluster::Cluster::start(
+            config.node.id,
+            config.cluster.clone(),
+            &config.node.data_dir,
+            config.limits(),
+            registry.clone(),
+        )
+        .await?;
+        Membership::cluster(c)
+    } else {
+        Membership::local(config.node.id, config.limits(), registry.clone().recipient())
+    };
     registry_ctx.run(RoomRegistry::new(membership.clone()));
 
     let node = web::Data::new(Node::new(config.clone(), membership.clone(), registry));
@@ -145,8 +158,12 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Applies `Tick` whenever a register grace or idle room is due.
+/// Applies `Tick` whenever a register grace or idle room is due (a cluster's leader does this
+/// for everyone).
 fn spawn_ticker(membership: Membership) {
+    if !membership.runs_timers() {
+        return;
+    }
     actix_web::rt::spawn(async move {
         let mut interval = actix_web::rt::time::interval(TICK_INTERVAL);
         loop {
@@ -172,12 +189,22 @@ async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::
         _ = int.recv() => info!("SIGINT: draining"),
     }
     node.start_draining();
+    let cluster = node.membership.as_cluster().cloned();
+    let drain = Duration::from_secs(if cluster.is_some() { node.config.cluster.drain_timeout_secs } else { 2 });
+    let deadline = std::time::Instant::now() + drain;
+    if let Some(c) = &cluster {
+        c.hand_over(drain / 2).await;
+    }
     let n = node.sessions.going_away();
     info!(sessions = n, "told sockets to reconnect elsewhere (1001 Going Away)");
-    // Give the close frames a moment to reach the wire before the listeners stop.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    // Give the close frames a moment to reach the wire (and, in a cluster, the released
+    // bindings a moment to commit) before the listeners stop.
     while node.sessions.open() > 0 && std::time::Instant::now() < deadline {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(c) = &cluster {
+        actix_web::rt::time::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(std::time::Instant::now()))).await;
+        c.shutdown().await;
     }
     for h in handles {
         h.stop(true).await;

@@ -1,13 +1,16 @@
 //! The one door to the room state: propose a [`Command`], read what has been applied.
-//! A single node applies commands in place; the effects of every applied command (deliveries,
-//! socket closes) are handed to the room registry, which owns this node's sockets.
+//! A single node applies commands in place; a cluster member proposes them through Raft. The
+//! effects of every applied command (deliveries, socket closes) go to the room registry, which
+//! owns this node's sockets.
 
 use std::sync::{Arc, RwLock};
 
 use actix::Recipient;
+use switchboard_proto::cluster::ClusterCommand;
 use switchboard_proto::rooms::{Command, Effect, Limits, NodeId, Outcome, Rooms};
 use thiserror::Error;
 
+use crate::cluster::Cluster;
 use crate::rooms::ApplyEffects;
 
 /// Why a command could not be applied.
@@ -15,13 +18,11 @@ use crate::rooms::ApplyEffects;
 #[non_exhaustive]
 pub enum ProposeError {
     /// No majority of the cluster is reachable; membership cannot change now.
-    #[allow(dead_code)] // the Raft backend of the cluster answers this
     #[error("no quorum: room membership cannot change until a majority of nodes is reachable")]
     NoQuorum,
-    /// The node is shutting down.
-    #[allow(dead_code)] // the Raft backend of the cluster answers this
-    #[error("node is shutting down")]
-    ShuttingDown,
+    /// Raft refused the command.
+    #[error("membership change failed: {0}")]
+    Failed(String),
 }
 
 /// Handle to the room state; cheap to clone.
@@ -32,16 +33,27 @@ pub struct Membership {
 
 struct Inner {
     node: NodeId,
-    rooms: RwLock<Rooms>,
-    effects: Recipient<ApplyEffects>,
+    backend: Backend,
+}
+
+enum Backend {
+    /// One node: the state lives here and commands apply in place.
+    Local { rooms: RwLock<Rooms>, effects: Recipient<ApplyEffects> },
+    /// A cluster member: commands go through Raft; the state machine dispatches effects.
+    Cluster(Arc<Cluster>),
 }
 
 impl Membership {
     /// State applied in place on this node alone.
     pub fn local(node: NodeId, limits: Limits, effects: Recipient<ApplyEffects>) -> Self {
         Membership {
-            inner: Arc::new(Inner { node, rooms: RwLock::new(Rooms::new(limits)), effects }),
+            inner: Arc::new(Inner { node, backend: Backend::Local { rooms: RwLock::new(Rooms::new(limits)), effects } }),
         }
+    }
+
+    /// State replicated by `cluster`.
+    pub fn cluster(cluster: Arc<Cluster>) -> Self {
+        Membership { inner: Arc::new(Inner { node: cluster.id, backend: Backend::Cluster(cluster) }) }
     }
 
     /// This node's id.
@@ -49,26 +61,62 @@ impl Membership {
         self.inner.node
     }
 
-    /// Applies `cmd` and returns its outcome once applied; its effects are dispatched to the
-    /// sockets before this returns, so a caller that answers afterwards never overtakes them.
+    /// The cluster, when this node is a member of one.
+    pub fn as_cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.inner.backend {
+            Backend::Cluster(c) => Some(c),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// Applies `cmd` and returns its outcome once applied. On a single node its effects are
+    /// dispatched before this returns, so a caller that answers afterwards never overtakes them.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        let applied = {
-            // A poisoned lock means a panic while applying; the state machine has no panics on
-            // input, so keep serving with the state as it is.
-            let mut rooms = self.inner.rooms.write().unwrap_or_else(|p| p.into_inner());
-            rooms.apply(cmd)
-        };
-        self.dispatch(applied.effects);
-        Ok(applied.outcome)
+        match &self.inner.backend {
+            Backend::Local { rooms, effects } => {
+                let applied = {
+                    // A poisoned lock means a panic while applying; the state machine has no
+                    // panics on input, so keep serving with the state as it is.
+                    let mut rooms = rooms.write().unwrap_or_else(|p| p.into_inner());
+                    rooms.apply(cmd)
+                };
+                self.dispatch(effects, applied.effects);
+                Ok(applied.outcome)
+            }
+            Backend::Cluster(c) => c.propose(ClusterCommand::Room(cmd)).await,
+        }
     }
 
-    /// Reads the applied state.
+    /// Reads the applied state (on a cluster follower it may lag the leader a little).
     pub fn read<R>(&self, f: impl FnOnce(&Rooms) -> R) -> R {
-        let rooms = self.inner.rooms.read().unwrap_or_else(|p| p.into_inner());
-        f(&rooms)
+        match &self.inner.backend {
+            Backend::Local { rooms, .. } => f(&rooms.read().unwrap_or_else(|p| p.into_inner())),
+            Backend::Cluster(c) => f(&c.state.read().unwrap_or_else(|p| p.into_inner()).rooms),
+        }
     }
 
-    fn dispatch(&self, effects: Vec<Effect>) {
+    /// Whether this node should apply due timers (the cluster leader does it for everyone).
+    pub fn runs_timers(&self) -> bool {
+        matches!(self.inner.backend, Backend::Local { .. })
+    }
+
+    /// Whether membership changes can be applied now.
+    pub fn ready(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Local { .. } => true,
+            Backend::Cluster(c) => c.has_leader(),
+        }
+    }
+
+    /// Public URLs of the live nodes, this one first (empty on a single node).
+    pub fn live_nodes(&self) -> Vec<String> {
+        match &self.inner.backend {
+            Backend::Local { .. } => Vec::new(),
+            Backend::Cluster(c) => c.live_public_urls(),
+        }
+    }
+
+    fn dispatch(&self, sink: &Recipient<ApplyEffects>, effects: Vec<Effect>) {
         let mine: Vec<Effect> = effects
             .into_iter()
             .filter(|e| match e {
@@ -76,7 +124,7 @@ impl Membership {
             })
             .collect();
         if !mine.is_empty() {
-            self.inner.effects.do_send(ApplyEffects(mine));
+            sink.do_send(ApplyEffects(mine));
         }
     }
 }

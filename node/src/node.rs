@@ -51,13 +51,25 @@ impl Node {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Writes `msg` to the socket bound at `at`, which the membership says is the peer's.
+    /// Writes `msg` to the socket bound at `at`, which the membership says is the peer's: here,
+    /// or over the peer link to its node (no Raft round trip).
     pub fn deliver(&self, room: &str, at: Binding, msg: String) {
         if at.node == self.membership.node_id() {
             self.registry.do_send(ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg] });
+        } else if let Some(c) = self.membership.as_cluster() {
+            if !c.links.forward(at.node, room.to_owned(), at.session, vec![msg]) {
+                debug!(node = at.node, "no link to the node holding the peer's socket");
+            }
         } else {
-            debug!(node = at.node, "delivery to another node without a cluster link");
+            debug!(node = at.node, "delivery to another node without a cluster");
         }
+    }
+
+    /// The AppRTC settings for one request: the live nodes change as the cluster does.
+    pub fn apprtc_settings(&self) -> apprtc::Settings {
+        let mut s = self.apprtc.clone();
+        s.signaling_nodes = self.membership.live_nodes();
+        s
     }
 }
 

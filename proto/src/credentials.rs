@@ -57,6 +57,14 @@ pub fn check_expiry(username: &str, separator: char, now_secs: u64) -> Result<u6
     Ok(expiry)
 }
 
+/// Compares two secrets without leaking, through timing, where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +74,14 @@ mod tests {
     fn coturn_vectors() {
         assert_eq!(rest_password(b"s3cr3t", "1700000000:12345678"), "NoDE1FAktc8uAr29FHsvPzM5yvE=");
         assert_eq!(rest_password(b"north", "1375043478:abcd1234"), "YNECiUDrdqF/AQMR07xEIdxfSrM=");
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(!constant_time_eq(b"token", b"tokem"));
+        assert!(!constant_time_eq(b"token", b"token2"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

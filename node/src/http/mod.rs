@@ -1,6 +1,7 @@
 //! The public HTTP listener: AppRTC room server, web client, ICE/TURN REST, Collider signaling
 //! and operations endpoints. Room-server routes come first; every other path is Collider's.
 
+pub mod admin;
 pub mod ops;
 pub mod pages;
 pub mod room_api;
@@ -35,7 +36,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/a/").route(web::post().to(room_api::analytics)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(web::resource("/admin/cluster/status").route(web::get().to(admin::status)))
+        .service(web::resource("/admin/cluster/nodes").route(web::post().to(admin::add_node)))
+        .service(web::resource("/admin/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)));
     signaling_routes(cfg);
 }
 

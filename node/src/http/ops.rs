@@ -28,6 +28,8 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(node: web::Data<Node>) -> HttpResponse {
     if node.is_draining() {
         HttpResponse::ServiceUnavailable().body("draining\n")
+    } else if !node.membership.ready() {
+        HttpResponse::ServiceUnavailable().body("no cluster leader\n")
     } else {
         HttpResponse::Ok().body("ready\n")
     }

@@ -82,7 +82,7 @@ fn render(p: &RoomParams) -> String {
 
 /// `GET /`: the landing page (no room).
 pub async fn index(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
-    html(render(&room_params(&node.apprtc, &request_info(&req), None)))
+    html(render(&room_params(&node.apprtc_settings(), &request_info(&req), None)))
 }
 
 /// `GET /r/{room}`: the call page, or the "room is full" page (still 200, as AppRTC).
@@ -96,7 +96,7 @@ pub async fn room(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     if node.membership.read(|r| r.occupancy(&room)) >= ROOM_CAPACITY {
         return html(FULL.replace("{{ROOM}}", &room));
     }
-    html(render(&room_params(&node.apprtc, &request_info(&req), Some(&room))))
+    html(render(&room_params(&node.apprtc_settings(), &request_info(&req), Some(&room))))
 }
 
 /// `GET /js/*` and `/css/*`.

@@ -48,7 +48,7 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     let response = match node.membership.propose(cmd).await {
         Ok(Outcome::Join(JoinOutcome::Joined { initiator, messages })) => {
             info!(%room, %client, initiator, "joined");
-            let params = room_params(&node.apprtc, &info, Some(&room)).for_join(&room, &client, initiator, messages);
+            let params = room_params(&node.apprtc_settings(), &info, Some(&room)).for_join(&room, &client, initiator, messages);
             JoinResponse::success(&params)
         }
         Ok(Outcome::Join(JoinOutcome::Full)) => JoinResponse::failed(ResultCode::Full),
@@ -148,7 +148,7 @@ pub async fn leave(path: web::Path<(String, String)>, node: web::Data<Node>) -> 
 
 /// `GET /params`: the room-independent parameters.
 pub async fn params(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
-    HttpResponse::Ok().json(room_params(&node.apprtc, &request_info(&req), None))
+    HttpResponse::Ok().json(room_params(&node.apprtc_settings(), &request_info(&req), None))
 }
 
 /// `POST /a/`: AppRTC's analytics sink; the web client ignores the answer.

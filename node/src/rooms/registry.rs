@@ -38,6 +38,12 @@ pub struct RegisterSession {
     pub arbiter: actix::ArbiterHandle,
 }
 
+/// This node's bindings were released by the cluster (it was declared down while alive, or
+/// came up again): every room registers its live sockets again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RebindAll;
+
 /// Sent by a room that has no local socket left.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -117,6 +123,16 @@ impl Handler<ToRoom> for RoomRegistry {
         match self.rooms.get(&msg.room) {
             Some(addr) => addr.do_send(super::room::DeliverLocal { session: msg.session, messages: msg.messages }),
             None => debug!(room = %msg.room, "delivery to a room without local sockets dropped"),
+        }
+    }
+}
+
+impl Handler<RebindAll> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: RebindAll, _: &mut Context<Self>) {
+        for addr in self.rooms.values() {
+            addr.do_send(super::room::Rebind);
         }
     }
 }

@@ -75,6 +75,11 @@ pub(super) struct DeliverLocal {
 #[rtype(result = "()")]
 pub(super) struct RoomEffect(pub Effect);
 
+/// Register every local session again (the cluster released this node's bindings).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct Rebind;
+
 /// Asked by the registry before it forgets an idle room; `true` means the room stopped.
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
@@ -202,6 +207,14 @@ impl Handler<Relay> for RoomActor {
                 self.deliver(at.session, [msg.msg]);
                 return;
             }
+            if at.node != self.membership.node_id() {
+                if let Some(c) = self.membership.as_cluster() {
+                    if c.links.forward(at.node, self.name.clone(), at.session, vec![msg.msg.clone()]) {
+                        metrics::counter!("switchboard_messages_total", "path" => "forwarded").increment(1);
+                        return;
+                    }
+                }
+            }
         }
         // State must change (queue for a peer that has not registered). Block this room's
         // mailbox until it has: a later direct message must not overtake this one.
@@ -241,6 +254,34 @@ impl Handler<RoomEffect> for RoomActor {
                 }
                 self.idle_check();
             }
+        }
+    }
+}
+
+impl Handler<Rebind> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Rebind, ctx: &mut Context<Self>) {
+        for (session, local) in &self.sessions {
+            let cmd = Command::Register {
+                room: self.name.clone(),
+                client: local.client.clone(),
+                at: self.binding(*session),
+                now_ms: now_ms(),
+            };
+            let membership = self.membership.clone();
+            let room = self.name.clone();
+            ctx.spawn(
+                async move {
+                    match membership.propose(cmd).await {
+                        Ok(Outcome::Register(Ok(()))) => debug!(%room, "socket registered again"),
+                        // Still bound to this very socket: nothing was lost.
+                        Ok(Outcome::Register(Err(RegisterError::Duplicated))) => {}
+                        other => warn!(%room, ?other, "could not register a live socket again"),
+                    }
+                }
+                .into_actor(self),
+            );
         }
     }
 }

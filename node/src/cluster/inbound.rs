@@ -1,0 +1,205 @@
+//! The internal listener: other nodes' peer links connect here. It checks the cluster secret in
+//! the first frame, answers requests (Raft RPCs, proposals for the leader, elections), hands
+//! forwarded signaling messages to the room registry once each, and answers pings.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use openraft::error::{ClientWriteError, RaftError};
+use switchboard_proto::cluster::{self, ClusterCommand, Frame, FrameReader, RaftRpc, Reply, Request};
+use switchboard_proto::rooms::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::types::Raft;
+use crate::rooms::{RoomRegistry, ToRoom};
+
+/// Most inbound peer connections at once (a cluster has a handful of nodes).
+const MAX_PEER_CONNECTIONS: usize = 64;
+
+/// Per sending node: the life it is in and the last forward handed over, so a resent forward
+/// is delivered once.
+type Delivered = Arc<Mutex<HashMap<NodeId, (u64, u64)>>>;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct InboundContext {
+    pub raft: Raft,
+    pub registry: Addr<RoomRegistry>,
+    pub secret: Vec<u8>,
+}
+
+/// Accepts peer connections on `addr` until the process ends.
+pub async fn serve(listener: TcpListener, ctx: InboundContext) {
+    let delivered: Delivered = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, "too many peer connections; refused");
+            continue;
+        };
+        let ctx = ctx.clone();
+        let delivered = delivered.clone();
+        actix::spawn(async move {
+            if let Err(e) = connection(stream, peer, ctx, delivered).await {
+                debug!(%peer, error = %e, "peer connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext, delivered: Delivered) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::default();
+    let mut buf = vec![0u8; 64 * 1024];
+
+    // The first frame must be a valid Hello, within a second.
+    let (from, incarnation) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(1), rd.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed before hello");
+        reader.push(&buf[..n]);
+        match reader.next_frame()? {
+            Some(Frame::Hello { from, incarnation, auth }) => {
+                if !ctx.secret.is_empty() && !cluster::verify_hello(&ctx.secret, from, incarnation, &auth) {
+                    warn!(%peer, from, "peer refused: wrong cluster secret");
+                    metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
+                    anyhow::bail!("bad cluster secret");
+                }
+                break (from, incarnation);
+            }
+            Some(other) => anyhow::bail!("expected hello, got {other:?}"),
+            None => continue,
+        }
+    };
+    info!(%peer, from, "peer connected");
+    {
+        let mut d = delivered.lock().unwrap_or_else(|p| p.into_inner());
+        let e = d.entry(from).or_insert((incarnation, 0));
+        if e.0 != incarnation {
+            *e = (incarnation, 0);
+        }
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
+    actix::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while let Ok(more) = rx.try_recv() {
+                batch.extend_from_slice(&more);
+                if batch.len() > 256 * 1024 {
+                    break;
+                }
+            }
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let send = |tx: &mpsc::Sender<Vec<u8>>, f: &Frame| {
+        if let Ok(b) = cluster::encode(f) {
+            let _ = tx.try_send(b);
+        }
+    };
+
+    loop {
+        let mut acked = None;
+        while let Some(frame) = reader.next_frame()? {
+            match frame {
+                Frame::Request { id, body } => {
+                    let ctx = ctx.clone();
+                    let tx = tx.clone();
+                    actix::spawn(async move {
+                        let reply = handle(&ctx, body).await;
+                        if let Ok(b) = cluster::encode(&Frame::Reply { id, body: reply }) {
+                            let _ = tx.send(b).await;
+                        }
+                    });
+                }
+                Frame::Forward { seq, room, session, messages } => {
+                    let fresh = {
+                        let mut d = delivered.lock().unwrap_or_else(|p| p.into_inner());
+                        let e = d.entry(from).or_insert((incarnation, 0));
+                        if e.0 == incarnation && seq > e.1 {
+                            e.1 = seq;
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if fresh {
+                        metrics::counter!("switchboard_forwards_received_total").increment(1);
+                        ctx.registry.do_send(ToRoom { room, session, messages });
+                    }
+                    acked = Some(seq);
+                }
+                Frame::Ping { nonce } => send(&tx, &Frame::Pong { nonce }),
+                other => debug!(from, frame = ?other, "unexpected frame on an inbound link"),
+            }
+        }
+        if let Some(seq) = acked {
+            send(&tx, &Frame::Ack { seq });
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+fn encoded<T: serde::Serialize>(v: &T) -> Reply {
+    match postcard::to_allocvec(v) {
+        Ok(b) => Reply::Raft(b),
+        Err(e) => Reply::Failed(format!("cannot encode reply: {e}")),
+    }
+}
+
+async fn handle(ctx: &InboundContext, body: Request) -> Reply {
+    match body {
+        Request::Raft { kind, payload } => match kind {
+            RaftRpc::Append => match postcard::from_bytes(&payload) {
+                Ok(req) => encoded(&ctx.raft.append_entries(req).await),
+                Err(e) => Reply::Failed(format!("bad append-entries: {e}")),
+            },
+            RaftRpc::Vote => match postcard::from_bytes(&payload) {
+                Ok(req) => encoded(&ctx.raft.vote(req).await),
+                Err(e) => Reply::Failed(format!("bad vote: {e}")),
+            },
+            RaftRpc::Snapshot => match postcard::from_bytes(&payload) {
+                Ok(req) => encoded(&ctx.raft.install_snapshot(req).await),
+                Err(e) => Reply::Failed(format!("bad snapshot chunk: {e}")),
+            },
+        },
+        Request::Propose(cmd) => propose_here(&ctx.raft, cmd).await,
+        Request::TriggerElect => match ctx.raft.trigger().elect().await {
+            Ok(()) => Reply::Done,
+            Err(e) => Reply::Failed(e.to_string()),
+        },
+    }
+}
+
+/// Applies a forwarded proposal if this node leads.
+pub async fn propose_here(raft: &Raft, cmd: ClusterCommand) -> Reply {
+    match raft.client_write(cmd).await {
+        Ok(r) => Reply::Proposed(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Reply::NotLeader { leader: f.leader_id },
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}

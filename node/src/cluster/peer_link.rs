@@ -1,0 +1,387 @@
+//! `PeerLink`: this node's connection to one other node. It carries requests (Raft RPCs,
+//! forwarded proposals) and their replies, and forwarded signaling messages, which stay buffered
+//! (bounded) until the peer acknowledges them and are sent again after a reconnect. Pings tell
+//! whether the peer is alive. It reconnects with backoff.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use switchboard_proto::cluster::{self, Frame, FrameReader, Reply, Request};
+use switchboard_proto::rooms::{NodeId, SessionId};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::types::PeerInfo;
+
+/// How often a link pings its peer.
+pub const PING_INTERVAL: Duration = Duration::from_millis(100);
+/// First and longest reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Forwarded messages kept until acknowledged; beyond this the oldest are dropped (and counted).
+pub const FORWARD_BUFFER: usize = 16_384;
+/// Frames waiting for the socket writer.
+const WRITE_QUEUE: usize = 65_536;
+
+/// Why a request over a link failed.
+#[derive(Debug, Clone, Error)]
+pub enum LinkError {
+    /// Not connected to the peer right now.
+    #[error("node {0} is unreachable")]
+    Unreachable(NodeId),
+    /// No reply within the deadline.
+    #[error("node {0} did not answer in time")]
+    Timeout(NodeId),
+    /// The connection dropped before the reply came.
+    #[error("connection to node {0} was lost")]
+    Lost(NodeId),
+}
+
+/// Send a request and wait for its reply.
+#[derive(Message)]
+#[rtype(result = "Result<Reply, LinkError>")]
+pub struct Call {
+    pub body: Request,
+    pub timeout: Duration,
+}
+
+/// Forward signaling messages to a session on the peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forward {
+    pub room: String,
+    pub session: SessionId,
+    pub messages: Vec<String>,
+}
+
+/// What a link knows about its peer.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkHealth {
+    /// Connected and heard from within the liveness window.
+    pub up: bool,
+    /// Since when it has been in this state.
+    pub since: Instant,
+    /// Round-trip time of the last ping.
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connected {
+    gen: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Incoming {
+    gen: u64,
+    frame: Frame,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Disconnected {
+    gen: u64,
+    why: String,
+}
+
+/// Shared view of every link's health, for liveness decisions and metrics.
+pub type HealthTable = Arc<RwLock<HashMap<NodeId, LinkHealth>>>;
+
+/// One per remote node.
+pub struct PeerLink {
+    me: NodeId,
+    peer: NodeId,
+    info: PeerInfo,
+    secret: Vec<u8>,
+    incarnation: u64,
+    down_after: Duration,
+    gen: u64,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    pending: HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>,
+    next_id: u64,
+    unacked: VecDeque<(u64, Vec<u8>)>,
+    next_seq: u64,
+    last_heard: Instant,
+    ping_sent: Option<(u64, Instant)>,
+    backoff: Duration,
+    health: HealthTable,
+}
+
+impl PeerLink {
+    /// A link from `me` to `peer` at `info`.
+    pub fn new(
+        me: NodeId,
+        peer: NodeId,
+        info: PeerInfo,
+        secret: Vec<u8>,
+        incarnation: u64,
+        down_after: Duration,
+        health: HealthTable,
+    ) -> Self {
+        PeerLink {
+            me,
+            peer,
+            info,
+            secret,
+            incarnation,
+            down_after,
+            gen: 0,
+            tx: None,
+            pending: HashMap::new(),
+            next_id: 1,
+            unacked: VecDeque::new(),
+            next_seq: 1,
+            last_heard: Instant::now(),
+            ping_sent: None,
+            backoff: BACKOFF_MIN,
+            health,
+        }
+    }
+
+    fn set_health(&self, up: bool, rtt: Option<Duration>) {
+        let mut h = self.health.write().unwrap_or_else(|p| p.into_inner());
+        let e = h.entry(self.peer).or_insert(LinkHealth { up, since: Instant::now(), rtt });
+        if e.up != up {
+            e.up = up;
+            e.since = Instant::now();
+            if up {
+                info!(peer = self.peer, "peer link up");
+            } else {
+                warn!(peer = self.peer, "peer link down");
+            }
+            metrics::gauge!("switchboard_peer_link_up", "peer" => self.peer.to_string()).set(if up { 1.0 } else { 0.0 });
+        }
+        if rtt.is_some() {
+            e.rtt = rtt;
+        }
+    }
+
+    fn send_frame(&mut self, frame: &Frame) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        match cluster::encode(frame) {
+            Ok(bytes) => tx.try_send(bytes).is_ok(),
+            Err(e) => {
+                warn!(error = %e, "cannot encode a peer frame");
+                false
+            }
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.gen += 1;
+        let gen = self.gen;
+        let addr = self.info.raft_addr.clone();
+        let hello = Frame::Hello {
+            from: self.me,
+            incarnation: self.incarnation,
+            auth: cluster::hello_auth(&self.secret, self.me, self.incarnation),
+        };
+        let me = ctx.address();
+        actix::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return me.do_send(Disconnected { gen, why: e.to_string() }),
+                Err(_) => return me.do_send(Disconnected { gen, why: "connect timed out".into() }),
+            };
+            let _ = stream.set_nodelay(true);
+            let (mut rd, mut wr) = stream.into_split();
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+            let Ok(hello) = cluster::encode(&hello) else { return };
+            if wr.write_all(&hello).await.is_err() {
+                return me.do_send(Disconnected { gen, why: "hello failed".into() });
+            }
+            me.do_send(Connected { gen, tx });
+            let writer_me = me.clone();
+            actix::spawn(async move {
+                // Coalesce queued frames into one write.
+                let mut batch = Vec::new();
+                while let Some(first) = rx.recv().await {
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    while batch.len() < 256 * 1024 {
+                        match rx.try_recv() {
+                            Ok(more) => batch.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = wr.write_all(&batch).await {
+                        writer_me.do_send(Disconnected { gen, why: e.to_string() });
+                        return;
+                    }
+                }
+            });
+            let mut reader = FrameReader::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) => return me.do_send(Disconnected { gen, why: "closed by peer".into() }),
+                    Ok(n) => n,
+                    Err(e) => return me.do_send(Disconnected { gen, why: e.to_string() }),
+                };
+                reader.push(&buf[..n]);
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some(frame)) => me.do_send(Incoming { gen, frame }),
+                        Ok(None) => break,
+                        Err(e) => return me.do_send(Disconnected { gen, why: e.to_string() }),
+                    }
+                }
+            }
+        });
+    }
+
+    fn drop_connection(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.tx.take().is_some() {
+            debug!(peer = self.peer, why, "peer connection lost");
+        }
+        for (_, waiter) in self.pending.drain() {
+            let _ = waiter.send(Err(LinkError::Lost(self.peer)));
+        }
+        self.ping_sent = None;
+        self.set_health(false, None);
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let gen = self.gen;
+        ctx.run_later(delay, move |act, ctx| {
+            if act.gen == gen && act.tx.is_none() {
+                act.connect(ctx);
+            }
+        });
+    }
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.set_health(false, None);
+        self.connect(ctx);
+        ctx.run_interval(PING_INTERVAL, |act, ctx| {
+            if act.tx.is_none() {
+                return;
+            }
+            if act.last_heard.elapsed() > act.down_after {
+                // Silent peer: treat the connection as dead and dial again.
+                act.gen += 1;
+                act.drop_connection("no answer to pings", ctx);
+                return;
+            }
+            let nonce = act.next_id;
+            act.next_id += 1;
+            act.ping_sent = Some((nonce, Instant::now()));
+            act.send_frame(&Frame::Ping { nonce });
+        });
+    }
+}
+
+impl Handler<Connected> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connected, _: &mut Context<Self>) {
+        if msg.gen != self.gen {
+            return;
+        }
+        self.tx = Some(msg.tx);
+        self.last_heard = Instant::now();
+        self.backoff = BACKOFF_MIN;
+        self.set_health(true, None);
+        // Whatever was not acknowledged goes again; the peer drops what it already has.
+        let resend: Vec<Vec<u8>> = self.unacked.iter().map(|(_, f)| f.clone()).collect();
+        if let Some(tx) = &self.tx {
+            for f in resend {
+                let _ = tx.try_send(f);
+            }
+        }
+    }
+}
+
+impl Handler<Disconnected> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
+        if msg.gen == self.gen {
+            self.drop_connection(&msg.why, ctx);
+        }
+    }
+}
+
+impl Handler<Incoming> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, _: &mut Context<Self>) {
+        if msg.gen != self.gen {
+            return;
+        }
+        self.last_heard = Instant::now();
+        match msg.frame {
+            Frame::Reply { id, body } => {
+                if let Some(w) = self.pending.remove(&id) {
+                    let _ = w.send(Ok(body));
+                }
+            }
+            Frame::Ack { seq } => {
+                while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+                    self.unacked.pop_front();
+                }
+            }
+            Frame::Pong { nonce } => {
+                if let Some((n, at)) = self.ping_sent {
+                    if n == nonce {
+                        self.set_health(true, Some(at.elapsed()));
+                        self.ping_sent = None;
+                    }
+                }
+            }
+            other => debug!(peer = self.peer, frame = ?other, "unexpected frame on an outgoing link"),
+        }
+    }
+}
+
+impl Handler<Call> for PeerLink {
+    type Result = ResponseFuture<Result<Reply, LinkError>>;
+
+    fn handle(&mut self, msg: Call, _: &mut Context<Self>) -> Self::Result {
+        let peer = self.peer;
+        let id = self.next_id;
+        self.next_id += 1;
+        if !self.send_frame(&Frame::Request { id, body: msg.body }) {
+            return Box::pin(async move { Err(LinkError::Unreachable(peer)) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx);
+        Box::pin(async move {
+            match tokio::time::timeout(msg.timeout, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(LinkError::Lost(peer)),
+                Err(_) => Err(LinkError::Timeout(peer)),
+            }
+        })
+    }
+}
+
+impl Handler<Forward> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forward, _: &mut Context<Self>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages };
+        let Ok(bytes) = cluster::encode(&frame) else { return };
+        if self.unacked.len() >= FORWARD_BUFFER {
+            self.unacked.pop_front();
+            metrics::counter!("switchboard_forward_dropped_total").increment(1);
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(bytes.clone());
+        }
+        self.unacked.push_back((seq, bytes));
+        metrics::counter!("switchboard_forwarded_total").increment(1);
+    }
+}

@@ -1,0 +1,85 @@
+//! The cluster admin API (bearer-token protected): read the cluster's status, add or remove a
+//! node. Disabled (403) unless `cluster.admin_token` is set.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_proto::credentials::constant_time_eq;
+use tracing::{info, warn};
+
+use crate::cluster::types::PeerInfo;
+use crate::node::Node;
+
+fn authorised(req: &HttpRequest, node: &Node) -> Result<(), HttpResponse> {
+    let token = &node.config.cluster.admin_token;
+    if token.is_empty() {
+        return Err(HttpResponse::Forbidden().json(json!({"error": "admin API disabled: set cluster.admin_token"})));
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        warn!("admin request with a wrong token refused");
+        metrics::counter!("switchboard_errors_total", "kind" => "admin_auth").increment(1);
+        Err(HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(json!({"error": "wrong or missing bearer token"})))
+    }
+}
+
+fn not_clustered() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "this node is not a cluster member"}))
+}
+
+/// `GET /admin/cluster/status`.
+pub async fn status(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    match node.membership.as_cluster() {
+        Some(c) => HttpResponse::Ok().json(c.status()),
+        None => not_clustered(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AddNode {
+    id: u64,
+    raft_addr: String,
+    public_url: String,
+}
+
+/// `POST /admin/cluster/nodes` `{"id", "raft_addr", "public_url"}`: adds a node (it must be
+/// running with an empty data directory); it catches up as a learner, then votes.
+pub async fn add_node(req: HttpRequest, body: web::Json<AddNode>, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    let Some(c) = node.membership.as_cluster() else { return not_clustered() };
+    let b = body.into_inner();
+    info!(id = b.id, raft = %b.raft_addr, "adding a node");
+    match c.add_node(b.id, PeerInfo { raft_addr: b.raft_addr, public_url: b.public_url }).await {
+        Ok(()) => HttpResponse::Ok().json(json!({"result": "added", "id": b.id})),
+        Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
+    }
+}
+
+/// `DELETE /admin/cluster/nodes/{id}`.
+pub async fn remove_node(req: HttpRequest, path: web::Path<u64>, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    let Some(c) = node.membership.as_cluster() else { return not_clustered() };
+    let id = path.into_inner();
+    info!(id, "removing a node");
+    match c.remove_node(id).await {
+        Ok(()) => HttpResponse::Ok().json(json!({"result": "removed", "id": id})),
+        Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
+    }
+}
