@@ -225,6 +225,19 @@ pub struct Applied {
     pub effects: Vec<Effect>,
 }
 
+/// A room as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomView {
+    /// Room id.
+    pub room: String,
+    /// Room-server members, initiator first.
+    pub members: Vec<String>,
+    /// Collider clients with the node holding their socket, if bound.
+    pub clients: Vec<(String, Option<NodeId>)>,
+    /// Messages waiting: stored for the next joiner plus queued for a peer.
+    pub waiting: usize,
+}
+
 /// Where a message from a registered client can go without changing any state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -392,6 +405,25 @@ impl Rooms {
             }
         }
         out
+    }
+
+    /// Up to `limit` rooms, in id order, for inspection.
+    pub fn views(&self, limit: usize) -> Vec<RoomView> {
+        self.rooms
+            .iter()
+            .take(limit)
+            .map(|(name, r)| {
+                let mut members: Vec<&Member> = r.members.iter().collect();
+                members.sort_by_key(|m| !m.initiator);
+                RoomView {
+                    room: name.clone(),
+                    members: members.into_iter().map(|m| m.id.clone()).collect(),
+                    clients: r.clients.iter().map(|c| (c.id.clone(), c.binding.map(|b| b.node))).collect(),
+                    waiting: r.members.iter().map(|m| m.stored.len()).sum::<usize>()
+                        + r.clients.iter().map(|c| c.queue.len()).sum::<usize>(),
+                }
+            })
+            .collect()
     }
 
     /// The earliest deadline, if any: the next [`Command::Tick`] worth proposing.

@@ -83,3 +83,19 @@ pub async fn remove_node(req: HttpRequest, path: web::Path<u64>, node: web::Data
         Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
     }
 }
+
+#[derive(Deserialize)]
+pub struct RoomsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /admin/rooms?limit=N`: the rooms this node has applied (members, clients and where their
+/// sockets are), up to 1000 by default.
+pub async fn rooms(req: HttpRequest, q: web::Query<RoomsQuery>, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let (total, rooms) = node.membership.read(|r| (r.room_count(), r.views(limit)));
+    HttpResponse::Ok().json(json!({ "total": total, "rooms": rooms }))
+}

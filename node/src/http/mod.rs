@@ -38,6 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
         .service(web::resource("/admin/cluster/status").route(web::get().to(admin::status)))
+        .service(web::resource("/admin/rooms").route(web::get().to(admin::rooms)))
         .service(web::resource("/admin/cluster/nodes").route(web::post().to(admin::add_node)))
         .service(web::resource("/admin/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)));
     signaling_routes(cfg);
