@@ -4,6 +4,8 @@
 #   scripts/bench.sh signaling [ROOMS...]   Collider load: N rooms x 2 sockets, 1 message in flight
 #                                            per room (default N = 100 5000), then idle memory
 #                                            per session at 10 000 sessions.
+#   scripts/bench.sh cluster                 three nodes: join latency and joins/s through Raft,
+#                                            cross-node messaging vs one node, failover times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,7 +96,24 @@ signaling() {
   stop "$pid"
 }
 
+cluster() {
+  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin loadgen --bin clusterbench
+  ulimit -n "$(ulimit -Hn)"
+  export SWITCHBOARD_BIN="$PWD/target/release/switchboard"
+  echo "# three-node cluster on 127.0.0.1-3 ($(nproc) cores), release build"
+  echo
+  echo "## joins through Raft (${DURATION}s per row)"
+  target/release/clusterbench joins --duration "$DURATION"
+  echo
+  echo "## signaling messages, each room's two clients on two nodes vs on one (${DURATION}s)"
+  target/release/clusterbench messages --rooms 100 --duration "$DURATION"
+  echo
+  echo "## failover"
+  target/release/clusterbench failover --rounds "${ROUNDS:-5}"
+}
+
 case "$what" in
   signaling) signaling "$@" ;;
-  *) echo "usage: scripts/bench.sh signaling [ROOMS...]" >&2; exit 2 ;;
+  cluster) cluster "$@" ;;
+  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster" >&2; exit 2 ;;
 esac

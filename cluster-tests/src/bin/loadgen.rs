@@ -149,8 +149,9 @@ struct Shared {
     rtts: Mutex<Vec<u32>>,
 }
 
-async fn open_room(args: &Args, i: usize) -> Result<(Client, Client)> {
-    let room = format!("load{i}");
+async fn open_room(args: &Args, run: u32, i: usize) -> Result<(Client, Client)> {
+    // Fresh names per run: a previous run's clients may still be in their register grace.
+    let room = format!("load{run:08x}-{i}");
     let ta = args.target[i % args.target.len()];
     let tb = args.target[(i + 1) % args.target.len()];
     let mut a = Client::connect(ta).await?;
@@ -210,12 +211,13 @@ fn servers_usage(pids: &[u32]) -> (f64, u64) {
 async fn run(args: Args) -> Result<()> {
     let (_, rss_empty) = servers_usage(&args.server_pid);
     let setup = Instant::now();
+    let run: u32 = rand::random();
     let mut pairs = Vec::with_capacity(args.rooms);
     // Open rooms a few hundred at a time so the accept queue is not flooded.
     for chunk in (0..args.rooms).collect::<Vec<_>>().chunks(200) {
         let futs: Vec<_> = chunk
             .iter()
-            .map(|&i| tokio::time::timeout(Duration::from_secs(20), open_room(&args, i)))
+            .map(|&i| tokio::time::timeout(Duration::from_secs(20), open_room(&args, run, i)))
             .collect();
         for (r, i) in futures_util::future::join_all(futs).await.into_iter().zip(chunk) {
             pairs.push(r.with_context(|| format!("room {i}: no answer within 20 s"))??);
