@@ -12,6 +12,7 @@
 //!   a cluster and the in-place state of a single node.
 //! - [`credentials`]: TURN REST credentials (coturn `use-auth-secret`).
 //! - [`cluster`]: the replicated cluster state (rooms + node liveness) and the peer-link frames.
+//! - [`turn`]: STUN/TURN request logic, allocations, credentials, the peer address policy.
 //!
 //! ## Failure model
 //! Nothing here panics on peer input: parsers return typed errors whose `Display` is the exact
@@ -25,3 +26,4 @@ pub mod collider;
 pub mod credentials;
 pub mod ids;
 pub mod rooms;
+pub mod turn;
