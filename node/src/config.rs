@@ -46,6 +46,7 @@ pub struct Config {
     pub rooms: RoomsSection,
     pub apprtc: ApprtcSection,
     pub ice: IceSection,
+    pub turn: TurnSection,
     pub cluster: ClusterSection,
     pub log: LogSection,
 }
@@ -128,6 +129,64 @@ pub struct IceSection {
     pub turn_secret: String,
     /// Lifetime of issued TURN credentials in seconds.
     pub turn_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSection {
+    /// Run the STUN/TURN server.
+    pub enabled: bool,
+    /// UDP and TCP listeners (3478, and 3479 as the alternate port).
+    pub listen: Vec<SocketAddr>,
+    /// TLS (`turns:`) listeners, e.g. `0.0.0.0:5349`; they need a certificate.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate and key for TURN over TLS; empty uses `http.tls_cert`/`http.tls_key`.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Address relay sockets bind to for IPv4 allocations.
+    pub relay_ip: String,
+    /// Address relay sockets bind to for IPv6 allocations (RFC 6156); empty: none.
+    pub relay_ip6: String,
+    /// Public IPv4 address advertised in XOR-RELAYED-ADDRESS when the node sits behind NAT.
+    pub external_ip: String,
+    /// Public IPv6 address advertised for IPv6 relays.
+    pub external_ip6: String,
+    /// First and last relay port.
+    pub min_port: u16,
+    pub max_port: u16,
+    /// Realm of the long-term credentials.
+    pub realm: String,
+    /// More TURN REST secrets accepted besides `ice.turn_secret` (rotation: old ones stay valid).
+    pub extra_secrets: Vec<String>,
+    /// Static users as `name:password`.
+    pub users: Vec<String>,
+    /// Peers allowed although they are in a special-purpose range (CIDRs, e.g. a private SFU;
+    /// tests use 127.0.0.0/8). Nothing else private, loopback or link-local is ever a peer.
+    pub allow_peers: Vec<String>,
+    /// UDP data-plane threads; 0 means one per core.
+    pub threads: usize,
+    /// Allocations on this node at once (then 486).
+    pub max_allocations: usize,
+    /// Allocations one user may hold at once (then 486).
+    pub user_quota: usize,
+    /// Permissions and channels one allocation may hold.
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Allocation lifetimes (s): granted when the client asks for less, and the most granted.
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    /// How long a nonce is good for (then 438).
+    pub nonce_ttl_secs: u64,
+    /// Bandwidth cap per allocation in bytes/s, both directions; 0 for none.
+    pub max_bps: u64,
+    /// Failed authentications per source per minute before its requests are ignored.
+    pub auth_failures_per_minute: u32,
+    /// SOFTWARE attribute in responses; empty for none.
+    pub software: String,
+    /// Offer RFC 6062 TCP relays to TCP/TLS clients.
+    pub tcp_relay: bool,
+    /// Socket buffer size for listeners (bytes).
+    pub socket_buffer: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +321,36 @@ impl Config {
             }
             if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms {
                 bail!("cluster.election_timeout_ms must be larger than cluster.heartbeat_ms");
+            }
+        }
+        if self.turn.enabled {
+            let t = &self.turn;
+            t.relay_ip.parse::<std::net::Ipv4Addr>().with_context(|| format!("turn.relay_ip {:?}", t.relay_ip))?;
+            if !t.relay_ip6.is_empty() {
+                t.relay_ip6.parse::<std::net::Ipv6Addr>().with_context(|| format!("turn.relay_ip6 {:?}", t.relay_ip6))?;
+            }
+            if !t.external_ip.is_empty() {
+                t.external_ip.parse::<std::net::Ipv4Addr>().with_context(|| format!("turn.external_ip {:?}", t.external_ip))?;
+            }
+            if !t.external_ip6.is_empty() {
+                t.external_ip6.parse::<std::net::Ipv6Addr>().with_context(|| format!("turn.external_ip6 {:?}", t.external_ip6))?;
+            }
+            if t.min_port == 0 || t.min_port > t.max_port {
+                bail!("turn.min_port..turn.max_port is not a port range");
+            }
+            for a in &t.allow_peers {
+                a.parse::<ipnet::IpNet>().with_context(|| format!("turn.allow_peers entry {a:?} is not a CIDR"))?;
+            }
+            for u in &t.users {
+                if !u.contains(':') {
+                    bail!("turn.users entries are name:password");
+                }
+            }
+            if !t.tls_listen.is_empty() && t.tls_cert.is_empty() && self.http.tls_cert.is_empty() {
+                bail!("turn.tls_listen needs turn.tls_cert/tls_key (or http.tls_cert/tls_key)");
+            }
+            if t.default_lifetime == 0 || t.default_lifetime > t.max_lifetime {
+                bail!("turn.default_lifetime must be between 1 and turn.max_lifetime");
             }
         }
         if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_empty() {

@@ -24,6 +24,7 @@ mod membership;
 mod node;
 mod rooms;
 mod signaling;
+mod turn;
 
 use std::time::Duration;
 
@@ -98,7 +99,39 @@ async fn run(config: Config) -> Result<()> {
     };
     registry_ctx.run(RoomRegistry::new(membership.clone()));
 
-    let node = web::Data::new(Node::new(config.clone(), membership.clone(), registry));
+    // TURN credentials: the configured shared secret, or one made up for this process.
+    let turn_secret = if config.ice.turn_secret.is_empty() && config.turn.enabled {
+        if config.cluster.enabled {
+            warn!("ice.turn_secret is empty: TURN credentials from this node will not work on the others");
+        }
+        format!("{:032x}", rand::random::<u128>())
+    } else {
+        config.ice.turn_secret.clone()
+    };
+    let turn_urls = if config.ice.turn_urls.is_empty() && config.turn.enabled {
+        turn::TurnService::uris(&config)
+    } else {
+        config.ice.turn_urls.clone()
+    };
+    let turn_service = if config.turn.enabled {
+        // Nonces signed with the cluster secret are good on every node.
+        let nonce_secret = if config.cluster.enabled && !config.cluster.secret.is_empty() {
+            config.cluster.secret.as_bytes().to_vec()
+        } else {
+            rand::random::<[u8; 32]>().to_vec()
+        };
+        Some(turn::TurnService::start(&config, turn_secret.clone(), nonce_secret, actix::Arbiter::new().handle())?)
+    } else {
+        None
+    };
+    let node = web::Data::new(Node::new(
+        config.clone(),
+        membership.clone(),
+        registry,
+        turn_secret,
+        turn_urls,
+        turn_service.as_ref().map(|t| t.shared.clone()),
+    ));
     spawn_ticker(membership.clone());
 
     let tls = match config.tls() {
@@ -154,6 +187,9 @@ async fn run(config: Config) -> Result<()> {
     actix_web::rt::spawn(shutdown_on_signal(node.clone(), handles));
     // Every listener runs only while polled: wait for all of them together.
     futures_util::future::try_join_all(servers).await.context("HTTP server failed")?;
+    if let Some(t) = &turn_service {
+        t.stop();
+    }
     info!("stopped");
     Ok(())
 }

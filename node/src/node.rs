@@ -22,14 +22,30 @@ pub struct Node {
     pub sessions: Directory,
     pub stats: ColliderStats,
     pub apprtc: apprtc::Settings,
+    /// The TURN REST secret credentials are issued with (configured, or random per process).
+    pub turn_secret: String,
+    /// TURN URIs handed out (`{host}` left to fill).
+    pub turn_urls: Vec<String>,
+    /// The built-in TURN server, when it runs.
+    pub turn: Option<std::sync::Arc<crate::turn::Shared>>,
     pub started: Instant,
     draining: AtomicBool,
 }
 
 impl Node {
-    pub fn new(config: Config, membership: Membership, registry: Addr<RoomRegistry>) -> Self {
+    pub fn new(
+        config: Config,
+        membership: Membership,
+        registry: Addr<RoomRegistry>,
+        turn_secret: String,
+        turn_urls: Vec<String>,
+        turn: Option<std::sync::Arc<crate::turn::Shared>>,
+    ) -> Self {
         let apprtc = apprtc_settings(&config);
         Node {
+            turn_secret,
+            turn_urls,
+            turn,
             sessions: Directory::new(config.http.max_sessions),
             config,
             membership,

@@ -43,6 +43,9 @@ pub async fn metrics(node: web::Data<Node>) -> HttpResponse {
     metrics::gauge!("switchboard_bound_clients").set(bound as f64);
     metrics::gauge!("switchboard_sessions").set(node.sessions.open() as f64);
     metrics::gauge!("switchboard_registered_sessions").set(open as f64);
+    if let Some(t) = &node.turn {
+        metrics::gauge!("switchboard_turn_allocations").set(t.quotas.total() as f64);
+    }
     metrics::gauge!("switchboard_draining").set(if node.is_draining() { 1.0 } else { 0.0 });
     match PROMETHEUS.get() {
         Some(h) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(h.render()),

@@ -178,11 +178,11 @@ pub async fn iceconfig(req: HttpRequest, node: web::Data<Node>) -> HttpResponse 
     let host = host_name(&conn_host);
     let ice = &node.config.ice;
     let mut servers: Vec<Value> = Vec::new();
-    if !ice.turn_secret.is_empty() && !ice.turn_urls.is_empty() {
+    if !node.turn_secret.is_empty() && !node.turn_urls.is_empty() {
         let user = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
-        let cred = credentials::issue(ice.turn_secret.as_bytes(), Some(&user), now_ms() / 1000, ice.turn_ttl_secs);
+        let cred = credentials::issue(node.turn_secret.as_bytes(), Some(&user), now_ms() / 1000, ice.turn_ttl_secs);
         servers.push(json!({
-            "urls": expand(&ice.turn_urls, host),
+            "urls": expand(&node.turn_urls, host),
             "username": cred.username,
             "credential": cred.password,
         }));
@@ -205,7 +205,7 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         return HttpResponse::BadRequest().json(json!({ "error": "service must be \"turn\"" }));
     }
     let ice = &node.config.ice;
-    if ice.turn_secret.is_empty() || ice.turn_urls.is_empty() {
+    if node.turn_secret.is_empty() || node.turn_urls.is_empty() {
         return HttpResponse::NotFound().json(json!({ "error": "no TURN server is configured" }));
     }
     let user = q.username.as_deref().filter(|u| validate_id(u).is_ok());
@@ -213,12 +213,12 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         return HttpResponse::BadRequest().json(json!({ "error": "username must match [A-Za-z0-9_-]{1,64}" }));
     }
     let conn_host = req.connection_info().host().to_owned();
-    let cred = credentials::issue(ice.turn_secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
+    let cred = credentials::issue(node.turn_secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
     HttpResponse::Ok().json(json!({
         "username": cred.username,
         "password": cred.password,
         "ttl": ice.turn_ttl_secs,
-        "uris": expand(&ice.turn_urls, host_name(&conn_host)),
+        "uris": expand(&node.turn_urls, host_name(&conn_host)),
     }))
 }
 

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// First and last valid channel number (RFC 8656 §12).
+/// First valid channel number (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Last valid channel number.
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Last accepted channel number. RFC 8656 narrowed the range to 0x4FFF, but RFC 5766 clients
+/// (coturn's among them) still pick numbers up to 0x7FFF, which cannot collide with STUN, so
+/// they are accepted.
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// How a client reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,7 +35,7 @@ pub enum RelayTransport {
 /// Why a ChannelBind was refused (each is a 400 Bad Request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
-    /// Outside 0x4000-0x4FFF.
+    /// Outside 0x4000-0x7FFF.
     BadNumber,
     /// The number is bound to another peer.
     NumberInUse,
@@ -225,7 +227,7 @@ mod tests {
         let mut s = alloc();
         let (p1, p2) = (a("8.8.8.8:1"), a("8.8.8.8:2"));
         assert_eq!(s.bind_channel(0x3FFF, p1, 600_000, 0), Err(ChannelError::BadNumber));
-        assert_eq!(s.bind_channel(0x5000, p1, 600_000, 0), Err(ChannelError::BadNumber));
+        assert_eq!(s.bind_channel(0x8000, p1, 600_000, 0), Err(ChannelError::BadNumber));
         assert_eq!(s.bind_channel(0x4000, p1, 600_000, 0), Ok(()));
         assert_eq!(s.bind_channel(0x4000, p1, 700_000, 0), Ok(()), "refresh");
         assert_eq!(s.bind_channel(0x4000, p2, 600_000, 0), Err(ChannelError::NumberInUse));

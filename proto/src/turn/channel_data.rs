@@ -38,6 +38,40 @@ pub fn write(number: u16, payload: &[u8], padded: bool, out: &mut Vec<u8>) {
     }
 }
 
+const MAGIC: u32 = 0x2112_A442;
+
+/// Appends a Data indication (RFC 8656 §11.4: XOR-PEER-ADDRESS and DATA) without allocating.
+/// `transaction` only has to be unique enough for the client to tell indications apart.
+pub fn write_data_indication(peer: std::net::SocketAddr, transaction: [u8; 12], payload: &[u8], out: &mut Vec<u8>) {
+    let addr_len: u16 = if peer.is_ipv4() { 8 } else { 20 };
+    let pad = (4 - payload.len() % 4) % 4;
+    let body = 4 + addr_len as usize + 4 + payload.len() + pad;
+    out.extend_from_slice(&0x0017u16.to_be_bytes()); // Data indication
+    out.extend_from_slice(&(body as u16).to_be_bytes());
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(&transaction);
+    out.extend_from_slice(&0x0012u16.to_be_bytes()); // XOR-PEER-ADDRESS
+    out.extend_from_slice(&addr_len.to_be_bytes());
+    out.push(0);
+    out.push(if peer.is_ipv4() { 1 } else { 2 });
+    out.extend_from_slice(&(peer.port() ^ (MAGIC >> 16) as u16).to_be_bytes());
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => out.extend_from_slice(&(u32::from(v4) ^ MAGIC).to_be_bytes()),
+        std::net::IpAddr::V6(v6) => {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&MAGIC.to_be_bytes());
+            key[4..].copy_from_slice(&transaction);
+            for (b, k) in v6.octets().iter().zip(key) {
+                out.push(b ^ k);
+            }
+        }
+    }
+    out.extend_from_slice(&0x0013u16.to_be_bytes()); // DATA
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0u8; 3][..pad]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +88,24 @@ mod tests {
         assert_eq!(out.len(), 12);
         assert_eq!(framed_len(&out), Some(12));
         assert_eq!(parse(&out), Some((0x4001, &b"hello"[..])));
+    }
+
+    /// The hand-written Data indication is what stun-types parses, for IPv4 and IPv6 peers.
+    #[test]
+    fn data_indication_parses() {
+        use stun_types::message::{Message, MessageClass};
+        use turn_types::attribute::{Data, XorPeerAddress};
+        for peer in ["192.0.2.7:4321", "[2001:db8::7]:4321"] {
+            let peer: std::net::SocketAddr = peer.parse().unwrap();
+            for payload in [&b""[..], b"a", b"abcd", b"hello"] {
+                let mut out = vec![0xAA];
+                write_data_indication(peer, [7; 12], payload, &mut out);
+                let m = Message::from_bytes(&out[1..]).unwrap();
+                assert!(m.has_method(turn_types::message::DATA) && m.has_class(MessageClass::Indication));
+                assert_eq!(m.attribute::<XorPeerAddress>().unwrap().addr(m.transaction_id()), peer);
+                assert_eq!(m.attribute::<Data>().unwrap().data(), payload);
+            }
+        }
     }
 
     /// Boundary cases: a length field longer than the buffer, empty payloads, STUN bytes.

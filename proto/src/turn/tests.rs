@@ -267,8 +267,9 @@ fn stateless_nonce_438() {
     assert_eq!(error_code(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)))), Some(438));
 }
 
+/// After too many failures a source gets a final 401 (no nonce to retry with).
 #[test]
-fn failed_sources_are_silenced() {
+fn failed_sources_are_stopped() {
     let s = server(false);
     let mut limiter = FailureLimiter::new(2, 60, 100);
     let mut c = Client::new("alice", "nope");
@@ -277,7 +278,9 @@ fn failed_sources_are_silenced() {
         assert!(matches!(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)), Handled::AuthFailed(Some(_))));
         limiter.failed(ctx(NOW).client.ip(), NOW / 1000);
     }
-    assert!(matches!(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)), Handled::AuthFailed(None)));
+    let last = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)));
+    assert_eq!(error_code(&last), Some(401));
+    assert!(Message::from_bytes(&last).unwrap().attribute::<Nonce>().is_err(), "no nonce: not a challenge");
 }
 
 /// §7.2: one allocation per 5-tuple (437), a retransmission gets its success again, quotas 486,
@@ -411,6 +414,7 @@ fn channels_and_indications() {
     let m = Message::from_bytes(&out).unwrap();
     assert!(m.has_method(DATA) && m.has_class(MessageClass::Indication));
     assert_eq!(m.attribute::<Data>().unwrap().data(), b"back");
+    out.clear();
     assert!(!s.wrap_peer_data(&a, "127.0.0.10:1".parse().unwrap(), b"x", NOW, &mut out), "no permission: dropped");
 
     let bind = |number: u16, p: SocketAddr| {
@@ -430,6 +434,7 @@ fn channels_and_indications() {
         Handled::ToPeer { peer: p, data } => assert_eq!((p, data), (peer, &b"via channel"[..])),
         other => panic!("{other:?}"),
     }
+    out.clear();
     assert!(s.wrap_peer_data(&a, peer, b"back", NOW, &mut out));
     assert_eq!(channel_data::parse(&out), Some((0x4000, &b"back"[..])));
     let mut unbound = Vec::new();

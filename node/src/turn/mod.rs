@@ -1,0 +1,215 @@
+//! The STUN/TURN server of a node: UDP shards (`udp`), TCP and TLS listeners (`tcp`), one
+//! `Allocation` actor per allocation for its lifecycle, relay ports and quotas. The protocol
+//! logic is `switchboard_proto::turn`.
+
+pub mod allocation;
+pub mod ports;
+pub mod quotas;
+pub mod tcp;
+pub mod udp;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use actix::ArbiterHandle;
+use anyhow::{Context, Result};
+use switchboard_proto::turn::auth::UserDb;
+use switchboard_proto::turn::server::{AllocateRequest, TurnConfig, TurnServer};
+use tracing::{info, warn};
+use turn_types::AddressFamily;
+
+use self::ports::PortPool;
+use self::quotas::QuotaTable;
+use self::udp::{Shard, ShardCmd, ShardHandle};
+use crate::config::Config;
+
+/// Everything the data planes share.
+pub struct Shared {
+    pub server: Arc<TurnServer>,
+    pub quotas: Arc<QuotaTable>,
+    pub ports: PortPool,
+    pub relay_v4: Ipv4Addr,
+    pub relay_v6: Option<Ipv6Addr>,
+    pub external_v4: Option<Ipv4Addr>,
+    pub external_v6: Option<Ipv6Addr>,
+    /// Where `Allocation` actors live.
+    pub arbiter: ArbiterHandle,
+    pub max_bps: u64,
+    pub auth_failures_per_minute: u32,
+    pub socket_buffer: usize,
+}
+
+impl Shared {
+    /// The address to advertise for a relay bound at `relay` (the external IP behind NAT).
+    pub fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        match relay.ip() {
+            IpAddr::V4(_) => self.external_v4.map_or(relay, |ip| SocketAddr::new(ip.into(), relay.port())),
+            IpAddr::V6(_) => self.external_v6.map_or(relay, |ip| SocketAddr::new(ip.into(), relay.port())),
+        }
+    }
+
+    /// Takes the quota and binds the relay socket of an accepted UDP Allocate. Errors are the
+    /// STUN error code to answer with.
+    pub fn create_udp_relay(&self, req: &AllocateRequest) -> Result<(std::net::UdpSocket, Option<u64>), u16> {
+        let ip: IpAddr = match req.family {
+            AddressFamily::IPV4 => self.relay_v4.into(),
+            AddressFamily::IPV6 => self.relay_v6.ok_or(440u16)?.into(),
+        };
+        if !self.quotas.acquire(&req.username) {
+            return Err(486);
+        }
+        let bound = match (req.reservation, req.even_port) {
+            (Some(token), _) => self.ports.take_reserved(token).map(|s| (s, None)),
+            (None, Some(true)) => self.ports.bind_pair(ip).map(|(s, t)| (s, Some(t))),
+            (None, Some(false)) => self.ports.bind(ip, true).map(|s| (s, None)),
+            (None, None) => self.ports.bind(ip, false).map(|s| (s, None)),
+        };
+        match bound {
+            Some(b) => Ok(b),
+            None => {
+                self.quotas.release(&req.username);
+                metrics::counter!("switchboard_turn_dropped_total", "reason" => "no_relay_port").increment(1);
+                Err(508)
+            }
+        }
+    }
+}
+
+/// A token bucket capping an allocation's bandwidth (bytes/s); unlimited when 0.
+pub struct Bucket {
+    rate: u64,
+    tokens: u64,
+    last_ms: u64,
+}
+
+impl Bucket {
+    /// A bucket of `rate` bytes/s holding one second's worth.
+    pub fn new(rate: u64) -> Self {
+        Bucket { rate, tokens: rate, last_ms: 0 }
+    }
+
+    /// Whether `len` bytes may pass now.
+    pub fn take(&mut self, len: usize, now_ms: u64) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        if elapsed > 0 {
+            self.tokens = (self.tokens + self.rate * elapsed / 1000).min(self.rate);
+            self.last_ms = now_ms;
+        }
+        if self.tokens >= len as u64 {
+            self.tokens -= len as u64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The running TURN server of a node.
+pub struct TurnService {
+    pub shared: Arc<Shared>,
+    shards: Vec<ShardHandle>,
+}
+
+impl TurnService {
+    /// Starts the UDP shards and the TCP/TLS listeners. `secret` is the TURN REST secret;
+    /// `nonce_secret` signs nonces (the cluster secret, so every node accepts them).
+    pub fn start(config: &Config, secret: String, nonce_secret: Vec<u8>, arbiter: ArbiterHandle) -> Result<TurnService> {
+        let t = &config.turn;
+        let relay_v4: Ipv4Addr = t.relay_ip.parse().context("turn.relay_ip")?;
+        let relay_v6: Option<Ipv6Addr> = if t.relay_ip6.is_empty() { None } else { Some(t.relay_ip6.parse().context("turn.relay_ip6")?) };
+        let mut own: Vec<SocketAddr> = t.listen.clone();
+        own.extend(t.tls_listen.iter().copied());
+        own.push(config.http.listen);
+        if let Ok(a) = config.http.signaling_listen.parse() {
+            own.push(a);
+        }
+        if config.cluster.enabled {
+            if let Ok(a) = config.cluster.listen.parse() {
+                own.push(a);
+            }
+        }
+        let allow_peers = t.allow_peers.iter().filter_map(|a| a.parse().ok()).collect();
+        let cfg = TurnConfig {
+            realm: t.realm.clone(),
+            software: t.software.clone(),
+            default_lifetime: t.default_lifetime,
+            max_lifetime: t.max_lifetime,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            max_permissions: t.max_permissions,
+            max_channels: t.max_channels,
+            allow_peers,
+            own_addrs: own,
+            tcp_relay: t.tcp_relay,
+            relay_v4: true,
+            relay_v6: relay_v6.is_some(),
+        };
+        let mut users = UserDb { separator: ':', ..Default::default() };
+        users.rest_secrets.push(secret.as_bytes().to_vec());
+        users.rest_secrets.extend(t.extra_secrets.iter().map(|s| s.as_bytes().to_vec()));
+        for u in &t.users {
+            if let Some((name, pass)) = u.split_once(':') {
+                users.static_users.insert(name.to_owned(), pass.to_owned());
+            }
+        }
+        let server = Arc::new(TurnServer::new(cfg, users, nonce_secret, t.nonce_ttl_secs));
+        let shared = Arc::new(Shared {
+            server,
+            quotas: Arc::new(QuotaTable::new(t.max_allocations, t.user_quota)),
+            ports: PortPool::new(t.min_port, t.max_port),
+            relay_v4,
+            relay_v6,
+            external_v4: t.external_ip.parse().ok(),
+            external_v6: t.external_ip6.parse().ok(),
+            arbiter,
+            max_bps: t.max_bps,
+            auth_failures_per_minute: t.auth_failures_per_minute,
+            socket_buffer: t.socket_buffer,
+        });
+        let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { t.threads };
+        let mut shards = Vec::new();
+        for id in 0..threads {
+            let (shard, handle) = Shard::new(id as u8, &t.listen, shared.clone())
+                .with_context(|| format!("cannot listen for TURN on {:?}", t.listen))?;
+            std::thread::Builder::new().name(format!("turn-udp-{id}")).spawn(move || shard.run())?;
+            shards.push(handle);
+        }
+        tcp::start(config, shared.clone())?;
+        let relay_desc = match shared.external_v4 {
+            Some(ext) => format!("{relay_v4} (advertised as {ext})"),
+            None => relay_v4.to_string(),
+        };
+        info!(
+            listen = ?t.listen, tls = ?t.tls_listen, relay = %relay_desc, ports = %format!("{}-{}", t.min_port, t.max_port),
+            threads, "STUN/TURN server running"
+        );
+        if t.allow_peers.iter().any(|p| p.starts_with("127.") || p == "::1/128") {
+            warn!("turn.allow_peers lets the relay reach loopback addresses: for local testing only");
+        }
+        Ok(TurnService { shared, shards })
+    }
+
+    /// The URIs clients use to reach this TURN server, `{host}` left to fill.
+    pub fn uris(config: &Config) -> Vec<String> {
+        let t = &config.turn;
+        let mut out = Vec::new();
+        if let Some(l) = t.listen.first() {
+            out.push(format!("turn:{{host}}:{}?transport=udp", l.port()));
+            out.push(format!("turn:{{host}}:{}?transport=tcp", l.port()));
+        }
+        if let Some(l) = t.tls_listen.first() {
+            out.push(format!("turns:{{host}}:{}?transport=tcp", l.port()));
+        }
+        out
+    }
+
+    /// Stops the shards (their allocations end).
+    pub fn stop(&self) {
+        for s in &self.shards {
+            s.send(ShardCmd::Stop);
+        }
+    }
+}
