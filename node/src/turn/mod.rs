@@ -75,6 +75,23 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Takes the quota and opens the listener of an accepted RFC 6062 TCP relay.
+    pub fn create_tcp_relay(&self, req: &AllocateRequest) -> Result<std::net::TcpListener, u16> {
+        let ip: IpAddr = match req.family {
+            AddressFamily::IPV4 => self.relay_v4.into(),
+            AddressFamily::IPV6 => self.relay_v6.ok_or(440u16)?.into(),
+        };
+        if !self.quotas.acquire(&req.username) {
+            return Err(486);
+        }
+        self.ports.bind_tcp(ip).ok_or_else(|| {
+            self.quotas.release(&req.username);
+            508
+        })
+    }
+}
+
 /// A token bucket capping an allocation's bandwidth (bytes/s); unlimited when 0.
 pub struct Bucket {
     rate: u64,

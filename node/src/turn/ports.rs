@@ -60,6 +60,32 @@ impl PortPool {
         None
     }
 
+    /// A TCP listener for an RFC 6062 relay on `ip` at a free port of the range. It allows
+    /// address and port reuse so connections to peers can leave from the same address.
+    pub fn bind_tcp(&self, ip: IpAddr) -> Option<std::net::TcpListener> {
+        let span = self.span();
+        for _ in 0..span {
+            let off = self.next.fetch_add(1, Ordering::Relaxed) % span;
+            let addr = SocketAddr::new(ip, self.min + off as u16);
+            let bound = (|| -> io::Result<std::net::TcpListener> {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                if addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                s.set_reuse_address(true)?;
+                s.set_reuse_port(true)?;
+                s.set_nonblocking(true)?;
+                s.bind(&addr.into())?;
+                s.listen(64)?;
+                Ok(s.into())
+            })();
+            if let Ok(l) = bound {
+                return Some(l);
+            }
+        }
+        None
+    }
+
     /// EVEN-PORT with R: an even port for now and the next one held under a token.
     pub fn bind_pair(&self, ip: IpAddr) -> Option<(UdpSocket, u64)> {
         for _ in 0..self.span() {

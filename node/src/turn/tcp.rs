@@ -1,19 +1,22 @@
 //! TURN over TCP and TLS (`turns:`): one task per client connection, which is the allocation's
 //! 5-tuple, so it carries at most one allocation. STUN messages and ChannelData are framed by
-//! their own length fields (ChannelData padded to 4 bytes, RFC 8656 §12.5). The relay is a UDP
-//! socket read by the same task.
+//! their own length fields (ChannelData padded to 4 bytes, RFC 8656 §12.5). A UDP relay is read
+//! by the same task. RFC 6062 TCP relays: the relay is a TCP listener; Connect opens a
+//! connection from the relay address, an inbound one raises a ConnectionAttempt, and the client
+//! binds either to a new connection with ConnectionBind, which then carries raw bytes.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
 use anyhow::{Context, Result};
 use switchboard_proto::turn::auth::FailureLimiter;
-use switchboard_proto::turn::server::{AllocateRequest, Ctx, Handled};
+use switchboard_proto::turn::server::{AllocateRequest, ConnectRequest, Ctx, Handled};
 use switchboard_proto::turn::{channel_data, AllocationState, ClientTransport, RelayTransport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -28,6 +31,46 @@ const MAX_CONNECTIONS: usize = 10_000;
 const IDLE: Duration = Duration::from_secs(30);
 /// Largest frame: a STUN message or ChannelData with a 16-bit length.
 const MAX_FRAME: usize = 20 + 65_535 + 3;
+/// RFC 6062: a peer connection waits this long for the client's ConnectionBind, and a Connect
+/// for the peer to answer.
+const BIND_WAIT: Duration = Duration::from_secs(30);
+/// Peer connections waiting for a ConnectionBind, node-wide.
+const MAX_PENDING: usize = 10_000;
+
+/// Peer connections of TCP relays waiting for the client's ConnectionBind (RFC 6062 §5.3).
+#[derive(Default)]
+pub struct PendingConnections {
+    inner: Mutex<HashMap<u32, (TcpStream, String, Instant)>>,
+}
+
+impl PendingConnections {
+    fn insert(&self, stream: TcpStream, username: &str) -> Option<u32> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (_, _, at)| at.elapsed() < BIND_WAIT);
+        if m.len() >= MAX_PENDING {
+            return None;
+        }
+        let mut id: u32 = rand::random();
+        while id == 0 || m.contains_key(&id) {
+            id = rand::random();
+        }
+        m.insert(id, (stream, username.to_owned(), Instant::now()));
+        Some(id)
+    }
+
+    fn take(&self, id: u32, username: &str) -> Option<TcpStream> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match m.remove(&id) {
+            Some((s, u, at)) if u == username && at.elapsed() < BIND_WAIT => Some(s),
+            Some(other) if other.1 != username => {
+                // Someone else's connection: leave it for its owner.
+                m.insert(id, other);
+                None
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Starts the TCP and TLS listeners on their own thread.
 pub fn start(config: &Config, shared: Arc<Shared>) -> Result<()> {
@@ -57,13 +100,12 @@ pub fn start(config: &Config, shared: Arc<Shared>) -> Result<()> {
     }
     let arbiter = Arbiter::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(PendingConnections::default());
     for (l, tls) in listeners {
-        let shared = shared.clone();
-        let slots = slots.clone();
+        let (shared, slots, pending) = (shared.clone(), slots.clone(), pending.clone());
         arbiter.spawn(async move {
             let Ok(listener) = TcpListener::from_std(l) else { return };
-            let local = listener.local_addr().ok();
-            info!(addr = ?local, tls = tls.is_some(), "TURN stream listener running");
+            info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "TURN stream listener running");
             loop {
                 let (stream, client) = match listener.accept().await {
                     Ok(s) => s,
@@ -79,16 +121,15 @@ pub fn start(config: &Config, shared: Arc<Shared>) -> Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let Ok(local) = stream.local_addr() else { continue };
-                let shared = shared.clone();
-                let tls = tls.clone();
+                let (shared, tls, pending) = (shared.clone(), tls.clone(), pending.clone());
                 actix::spawn(async move {
                     let res = match tls {
                         Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => serve(s, client, local, ClientTransport::Tls, shared).await,
+                            Ok(Ok(s)) => serve(s, client, local, ClientTransport::Tls, shared, pending).await,
                             Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake: {e}")),
                             Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
                         },
-                        None => serve(stream, client, local, ClientTransport::Tcp, shared).await,
+                        None => serve(stream, client, local, ClientTransport::Tcp, shared, pending).await,
                     };
                     if let Err(e) = res {
                         debug!(%client, error = %e, "TURN connection ended");
@@ -103,9 +144,14 @@ pub fn start(config: &Config, shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
+enum Relay {
+    Udp(UdpSocket),
+    Tcp { listener: TcpListener, connected: HashSet<SocketAddr> },
+}
+
 struct ConnAlloc {
     state: AllocationState,
-    relay: UdpSocket,
+    relay: Relay,
     actor: Addr<Allocation>,
     bucket: Bucket,
 }
@@ -125,7 +171,35 @@ fn frame_len(buf: &[u8]) -> Option<Result<usize, ()>> {
     Some(Ok(len))
 }
 
-async fn serve<S>(stream: S, client: SocketAddr, local: SocketAddr, transport: ClientTransport, shared: Arc<Shared>) -> Result<()>
+/// What the connection's loop does next.
+enum Next {
+    Go,
+    /// ConnectionBind succeeded: this connection now pipes raw bytes to the peer.
+    Pipe(TcpStream),
+}
+
+struct Conn {
+    client: SocketAddr,
+    local: SocketAddr,
+    transport: ClientTransport,
+    label: &'static str,
+    shared: Arc<Shared>,
+    pending: Arc<PendingConnections>,
+    limiter: FailureLimiter,
+    alloc: Option<ConnAlloc>,
+    expire_tx: mpsc::UnboundedSender<()>,
+    connect_tx: mpsc::UnboundedSender<(ConnectRequest, Result<TcpStream, ()>)>,
+    out: Vec<u8>,
+}
+
+async fn serve<S>(
+    stream: S,
+    client: SocketAddr,
+    local: SocketAddr,
+    transport: ClientTransport,
+    shared: Arc<Shared>,
+    pending: Arc<PendingConnections>,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -133,166 +207,281 @@ where
     let mut inbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut relay_buf = vec![0u8; 65_536];
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
-    let mut alloc: Option<ConnAlloc> = None;
-    let limiter = FailureLimiter::new(shared.auth_failures_per_minute, 60, 4);
     let (expire_tx, mut expire_rx) = mpsc::unbounded_channel::<()>();
-    let label = if transport == ClientTransport::Tls { "tls" } else { "tcp" };
-    loop {
+    let (connect_tx, mut connect_rx) = mpsc::unbounded_channel();
+    let mut c = Conn {
+        client,
+        local,
+        transport,
+        label: if transport == ClientTransport::Tls { "tls" } else { "tcp" },
+        limiter: FailureLimiter::new(shared.auth_failures_per_minute, 60, 4),
+        shared,
+        pending,
+        alloc: None,
+        expire_tx,
+        connect_tx,
+        out: Vec::with_capacity(4096),
+    };
+    let piped = loop {
         let idle = tokio::time::sleep(IDLE);
         tokio::select! {
             n = rd.read(&mut chunk) => {
                 let n = n?;
                 if n == 0 {
-                    break;
+                    break None;
                 }
                 inbuf.extend_from_slice(&chunk[..n]);
                 let now = now_ms();
                 let mut start = 0;
+                let mut pipe = None;
                 while let Some(len) = frame_len(&inbuf[start..]) {
-                    let Ok(len) = len else {
-                        anyhow::bail!("not STUN or ChannelData");
-                    };
+                    let Ok(len) = len else { anyhow::bail!("not STUN or ChannelData") };
                     if len > MAX_FRAME {
                         anyhow::bail!("frame too large");
                     }
                     if inbuf.len() - start < len {
                         break;
                     }
-                    let frame = &inbuf[start..start + len];
+                    let frame = inbuf[start..start + len].to_vec();
                     start += len;
-                    handle_frame(frame, client, local, transport, now, &shared, &limiter, &mut alloc, &expire_tx, &mut out, label).await;
+                    if let Next::Pipe(peer) = c.frame(&frame, now).await {
+                        pipe = Some(peer);
+                        break;
+                    }
                 }
                 inbuf.drain(..start);
-                if !out.is_empty() {
-                    wr.write_all(&out).await?;
-                    out.clear();
+                if !c.out.is_empty() {
+                    wr.write_all(&c.out).await?;
+                    c.out.clear();
+                }
+                if let Some(peer) = pipe {
+                    break Some(peer);
                 }
             }
             r = async {
-                match &alloc {
-                    Some(a) => a.relay.recv_from(&mut relay_buf).await,
+                match c.alloc.as_ref().map(|a| &a.relay) {
+                    Some(Relay::Udp(s)) => s.recv_from(&mut relay_buf).await.map(Inbound::Datagram),
+                    Some(Relay::Tcp { listener, .. }) => listener.accept().await.map(|(s, p)| Inbound::Peer(s, p)),
                     None => std::future::pending().await,
                 }
             } => {
-                let (n, peer) = r?;
-                let now = now_ms();
-                if let Some(a) = alloc.as_mut() {
-                    if a.bucket.take(n, now) && shared.server.wrap_peer_data(&a.state, peer, &relay_buf[..n], now, &mut out) {
-                        metrics::counter!("switchboard_turn_relayed_packets_total", "direction" => "to_client", "transport" => label).increment(1);
-                        metrics::counter!("switchboard_turn_relayed_bytes_total", "direction" => "to_client", "transport" => label).increment(n as u64);
-                    }
+                match r? {
+                    Inbound::Datagram((n, peer)) => c.from_peer(peer, &relay_buf[..n]),
+                    Inbound::Peer(stream, peer) => c.peer_connection(stream, peer),
                 }
-                if !out.is_empty() {
-                    wr.write_all(&out).await?;
-                    out.clear();
+                if !c.out.is_empty() {
+                    wr.write_all(&c.out).await?;
+                    c.out.clear();
+                }
+            }
+            Some((req, result)) = connect_rx.recv() => {
+                c.connected(req, result);
+                if !c.out.is_empty() {
+                    wr.write_all(&c.out).await?;
+                    c.out.clear();
                 }
             }
             _ = expire_rx.recv() => {
-                if let Some(a) = alloc.take() {
+                if let Some(a) = c.alloc.take() {
                     a.actor.do_send(Gone);
                 }
             }
-            _ = idle, if alloc.is_none() => {
+            _ = idle, if c.alloc.is_none() => {
                 debug!(%client, "idle TURN connection closed");
-                break;
+                break None;
             }
         }
-    }
-    if let Some(a) = alloc.take() {
+    };
+    if let Some(a) = c.alloc.take() {
         a.actor.do_send(Gone);
+    }
+    if let Some(mut peer) = piped {
+        // RFC 6062 data connection: from here on, raw bytes both ways.
+        let mut stream = rd.unsplit(wr);
+        if !inbuf.is_empty() {
+            peer.write_all(&inbuf).await?;
+        }
+        let (up, down) = tokio::io::copy_bidirectional(&mut stream, &mut peer).await?;
+        debug!(%client, up, down, "TCP relay connection closed");
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle_frame(
-    frame: &[u8],
-    client: SocketAddr,
-    local: SocketAddr,
-    transport: ClientTransport,
-    now: u64,
-    shared: &Arc<Shared>,
-    limiter: &FailureLimiter,
-    alloc: &mut Option<ConnAlloc>,
-    expire_tx: &mpsc::UnboundedSender<()>,
-    out: &mut Vec<u8>,
-    label: &'static str,
-) {
-    let ctx = Ctx { client, server: local, transport, now_ms: now };
-    let handled = shared.server.handle(alloc.as_mut().map(|a| &mut a.state), &*shared.quotas, limiter, &ctx, frame);
-    match handled {
-        Handled::Reply(r) => out.extend_from_slice(&r),
-        Handled::ToPeer { peer, data } => {
-            if let Some(a) = alloc.as_mut() {
-                if a.bucket.take(data.len(), now) && a.relay.send_to(data, peer).await.is_ok() {
-                    metrics::counter!("switchboard_turn_relayed_packets_total", "direction" => "to_peer", "transport" => label).increment(1);
-                    metrics::counter!("switchboard_turn_relayed_bytes_total", "direction" => "to_peer", "transport" => label).increment(data.len() as u64);
-                }
-            }
-        }
-        Handled::Allocate(req) => {
-            let reply = allocate(&req, &ctx, shared, alloc, expire_tx);
-            out.extend_from_slice(&reply);
-        }
-        Handled::Refreshed(r) => {
-            if let Some(a) = alloc.as_ref() {
-                a.actor.do_send(Refreshed { expires_ms: a.state.expires_ms });
-            }
-            out.extend_from_slice(&r);
-        }
-        Handled::Delete(r) => {
-            if let Some(a) = alloc.take() {
-                a.actor.do_send(Gone);
-            }
-            out.extend_from_slice(&r);
-        }
-        Handled::AuthFailed(r) => {
-            metrics::counter!("switchboard_turn_auth_failures_total", "transport" => label).increment(1);
-            if let Some(r) = r {
-                out.extend_from_slice(&r);
-            }
-        }
-        Handled::Connect(req) => out.extend_from_slice(&shared.server.connect_reply(&req, Err(447))),
-        Handled::Ignore | Handled::ConnectionBind { .. } => {}
-    }
+enum Inbound {
+    Datagram((usize, SocketAddr)),
+    Peer(TcpStream, SocketAddr),
 }
 
-fn allocate(
-    req: &AllocateRequest,
-    ctx: &Ctx,
-    shared: &Arc<Shared>,
-    alloc: &mut Option<ConnAlloc>,
-    expire_tx: &mpsc::UnboundedSender<()>,
-) -> Vec<u8> {
-    if req.relay_transport == RelayTransport::Tcp {
-        return shared.server.allocate_failed(req, 442);
+impl Conn {
+    fn ctx(&self, now: u64) -> Ctx {
+        Ctx { client: self.client, server: self.local, transport: self.transport, now_ms: now }
     }
-    let (std_sock, token) = match shared.create_udp_relay(req) {
-        Ok(s) => s,
-        Err(code) => return shared.server.allocate_failed(req, code),
-    };
-    let relay_addr = match std_sock.local_addr() {
-        Ok(a) => a,
-        Err(_) => {
-            shared.quotas.release(&req.username);
-            return shared.server.allocate_failed(req, 508);
+
+    async fn frame(&mut self, frame: &[u8], now: u64) -> Next {
+        let ctx = self.ctx(now);
+        let shared = self.shared.clone();
+        let handled = shared.server.handle(self.alloc.as_mut().map(|a| &mut a.state), &*shared.quotas, &self.limiter, &ctx, frame);
+        match handled {
+            Handled::Reply(r) => self.out.extend_from_slice(&r),
+            Handled::ToPeer { peer, data } => {
+                if let Some(ConnAlloc { relay: Relay::Udp(sock), bucket, .. }) = self.alloc.as_mut() {
+                    if bucket.take(data.len(), now) && sock.send_to(data, peer).await.is_ok() {
+                        metrics::counter!("switchboard_turn_relayed_packets_total", "direction" => "to_peer", "transport" => self.label).increment(1);
+                        metrics::counter!("switchboard_turn_relayed_bytes_total", "direction" => "to_peer", "transport" => self.label).increment(data.len() as u64);
+                    }
+                }
+            }
+            Handled::Allocate(req) => {
+                let reply = self.allocate(&req, &ctx);
+                self.out.extend_from_slice(&reply);
+            }
+            Handled::Refreshed(r) => {
+                if let Some(a) = self.alloc.as_ref() {
+                    a.actor.do_send(Refreshed { expires_ms: a.state.expires_ms });
+                }
+                self.out.extend_from_slice(&r);
+            }
+            Handled::Delete(r) => {
+                if let Some(a) = self.alloc.take() {
+                    a.actor.do_send(Gone);
+                }
+                self.out.extend_from_slice(&r);
+            }
+            Handled::AuthFailed(r) => {
+                metrics::counter!("switchboard_turn_auth_failures_total", "transport" => self.label).increment(1);
+                self.limiter.failed(self.client.ip(), now / 1000);
+                if let Some(r) = r {
+                    self.out.extend_from_slice(&r);
+                }
+            }
+            Handled::Connect(req) => self.connect(req),
+            Handled::ConnectionBind { id, reply, username } => {
+                if self.alloc.is_some() {
+                    // A control connection cannot become a data connection.
+                    self.out.extend_from_slice(&shared.server.connection_bind_failed(frame));
+                    return Next::Go;
+                }
+                match self.pending.take(id, &username) {
+                    Some(peer) => {
+                        self.out.extend_from_slice(&reply);
+                        return Next::Pipe(peer);
+                    }
+                    None => self.out.extend_from_slice(&shared.server.connection_bind_failed(frame)),
+                }
+            }
+            Handled::Ignore => {}
         }
-    };
-    let relay = match UdpSocket::from_std(std_sock) {
-        Ok(s) => s,
-        Err(_) => {
-            shared.quotas.release(&req.username);
-            return shared.server.allocate_failed(req, 508);
+        Next::Go
+    }
+
+    fn from_peer(&mut self, peer: SocketAddr, data: &[u8]) {
+        let now = now_ms();
+        if let Some(a) = self.alloc.as_mut() {
+            if a.bucket.take(data.len(), now) && self.shared.server.wrap_peer_data(&a.state, peer, data, now, &mut self.out) {
+                metrics::counter!("switchboard_turn_relayed_packets_total", "direction" => "to_client", "transport" => self.label).increment(1);
+                metrics::counter!("switchboard_turn_relayed_bytes_total", "direction" => "to_client", "transport" => self.label).increment(data.len() as u64);
+            }
         }
-    };
-    let (reply, state) = shared.server.allocated(req, relay_addr, shared.advertised(relay_addr), token, ctx);
-    let tx = expire_tx.clone();
-    let expire: super::allocation::ExpireFn = Arc::new(move |_| {
-        let _ = tx.send(());
-    });
-    let (user, client, expires, quotas) = (req.username.clone(), ctx.client, state.expires_ms, shared.quotas.clone());
-    let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| Allocation::new(0, user, client, relay_addr, expires, expire, quotas));
-    *alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps) });
-    reply
+    }
+
+    /// An inbound connection to a TCP relay: with a permission, tell the client.
+    fn peer_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let now = now_ms();
+        let Some(a) = self.alloc.as_ref() else { return };
+        if !a.state.permitted(peer.ip(), now) {
+            debug!(%peer, "TCP peer without a permission refused");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        if let Some(id) = self.pending.insert(stream, &a.state.username) {
+            self.out.extend_from_slice(&self.shared.server.connection_attempt(id, peer));
+        }
+    }
+
+    /// RFC 6062 Connect: connect from the relay address, answer when it is done.
+    fn connect(&mut self, req: ConnectRequest) {
+        let Some(ConnAlloc { relay: Relay::Tcp { connected, .. }, state, .. }) = self.alloc.as_mut() else {
+            self.out.extend_from_slice(&self.shared.server.connect_reply(&req, Err(400)));
+            return;
+        };
+        if !connected.insert(req.peer) {
+            self.out.extend_from_slice(&self.shared.server.connect_reply(&req, Err(446)));
+            return;
+        }
+        let relay = state.relay;
+        let tx = self.connect_tx.clone();
+        actix::spawn(async move {
+            let result = async {
+                let sock = if relay.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                sock.set_reuseaddr(true)?;
+                sock.set_reuseport(true)?;
+                sock.bind(relay)?;
+                tokio::time::timeout(BIND_WAIT, sock.connect(req.peer)).await.map_err(std::io::Error::other)?
+            }
+            .await
+            .map_err(|e| debug!(peer = %req.peer, error = %e, "TCP relay connect failed"));
+            let _ = tx.send((req, result));
+        });
+    }
+
+    fn connected(&mut self, req: ConnectRequest, result: Result<TcpStream, ()>) {
+        let Some(a) = self.alloc.as_mut() else { return };
+        let reply = match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                match self.pending.insert(stream, &a.state.username) {
+                    Some(id) => self.shared.server.connect_reply(&req, Ok(id)),
+                    None => self.shared.server.connect_reply(&req, Err(508)),
+                }
+            }
+            Err(()) => {
+                if let Relay::Tcp { connected, .. } = &mut a.relay {
+                    connected.remove(&req.peer);
+                }
+                self.shared.server.connect_reply(&req, Err(447))
+            }
+        };
+        self.out.extend_from_slice(&reply);
+    }
+
+    fn allocate(&mut self, req: &AllocateRequest, ctx: &Ctx) -> Vec<u8> {
+        let shared = self.shared.clone();
+        let (relay, relay_addr, token) = match req.relay_transport {
+            RelayTransport::Udp => {
+                let (std_sock, token) = match shared.create_udp_relay(req) {
+                    Ok(s) => s,
+                    Err(code) => return shared.server.allocate_failed(req, code),
+                };
+                let addr = std_sock.local_addr().ok();
+                match (addr, UdpSocket::from_std(std_sock)) {
+                    (Some(a), Ok(s)) => (Relay::Udp(s), a, token),
+                    _ => {
+                        shared.quotas.release(&req.username);
+                        return shared.server.allocate_failed(req, 508);
+                    }
+                }
+            }
+            RelayTransport::Tcp => match shared.create_tcp_relay(req) {
+                Ok(l) => match (l.local_addr(), TcpListener::from_std(l)) {
+                    (Ok(a), Ok(listener)) => (Relay::Tcp { listener, connected: HashSet::new() }, a, None),
+                    _ => {
+                        shared.quotas.release(&req.username);
+                        return shared.server.allocate_failed(req, 508);
+                    }
+                },
+                Err(code) => return shared.server.allocate_failed(req, code),
+            },
+        };
+        let (reply, state) = shared.server.allocated(req, relay_addr, shared.advertised(relay_addr), token, ctx);
+        let tx = self.expire_tx.clone();
+        let expire: super::allocation::ExpireFn = Arc::new(move |_| {
+            let _ = tx.send(());
+        });
+        let (user, client, expires, quotas) = (req.username.clone(), ctx.client, state.expires_ms, shared.quotas.clone());
+        let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| {
+            Allocation::new(0, user, client, relay_addr, expires, expire, quotas)
+        });
+        self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps) });
+        reply
+    }
 }
