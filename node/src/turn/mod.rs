@@ -77,7 +77,7 @@ impl Shared {
 
 impl Shared {
     /// Takes the quota and opens the listener of an accepted RFC 6062 TCP relay.
-    pub fn create_tcp_relay(&self, req: &AllocateRequest) -> Result<std::net::TcpListener, u16> {
+    pub fn create_tcp_relay(&self, req: &AllocateRequest) -> Result<(std::net::TcpListener, ports::TcpPortGuard), u16> {
         let ip: IpAddr = match req.family {
             AddressFamily::IPV4 => self.relay_v4.into(),
             AddressFamily::IPV6 => self.relay_v6.ok_or(440u16)?.into(),

@@ -20,6 +20,19 @@ pub struct PortPool {
     max: u16,
     next: AtomicU32,
     reservations: Mutex<HashMap<u64, (UdpSocket, Instant)>>,
+    tcp_held: std::sync::Arc<Mutex<std::collections::HashSet<SocketAddr>>>,
+}
+
+/// Holds a TCP relay address for as long as it lives.
+pub struct TcpPortGuard {
+    addr: SocketAddr,
+    held: std::sync::Arc<Mutex<std::collections::HashSet<SocketAddr>>>,
+}
+
+impl Drop for TcpPortGuard {
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.addr);
+    }
 }
 
 /// Binds a UDP socket for relaying, non-blocking.
@@ -36,7 +49,13 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 impl PortPool {
     /// Ports `min..=max`.
     pub fn new(min: u16, max: u16) -> Self {
-        PortPool { min, max, next: AtomicU32::new(0), reservations: Mutex::new(HashMap::new()) }
+        PortPool {
+            min,
+            max,
+            next: AtomicU32::new(0),
+            reservations: Mutex::new(HashMap::new()),
+            tcp_held: Default::default(),
+        }
     }
 
     fn span(&self) -> u32 {
@@ -61,12 +80,22 @@ impl PortPool {
     }
 
     /// A TCP listener for an RFC 6062 relay on `ip` at a free port of the range. It allows
-    /// address and port reuse so connections to peers can leave from the same address.
-    pub fn bind_tcp(&self, ip: IpAddr) -> Option<std::net::TcpListener> {
+    /// port reuse so connections to peers can leave from the same address; because reuse would
+    /// also let a second listener share the port, a plain bind first proves nobody holds it and
+    /// the guard keeps our own other relays off it.
+    pub fn bind_tcp(&self, ip: IpAddr) -> Option<(std::net::TcpListener, TcpPortGuard)> {
         let span = self.span();
         for _ in 0..span {
             let off = self.next.fetch_add(1, Ordering::Relaxed) % span;
             let addr = SocketAddr::new(ip, self.min + off as u16);
+            {
+                let mut held = self.tcp_held.lock().unwrap_or_else(|p| p.into_inner());
+                if held.contains(&addr) || std::net::TcpListener::bind(addr).is_err() {
+                    continue;
+                }
+                held.insert(addr);
+            }
+            let guard = TcpPortGuard { addr, held: self.tcp_held.clone() };
             let bound = (|| -> io::Result<std::net::TcpListener> {
                 let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
                 if addr.is_ipv6() {
@@ -80,7 +109,7 @@ impl PortPool {
                 Ok(s.into())
             })();
             if let Ok(l) = bound {
-                return Some(l);
+                return Some((l, guard));
             }
         }
         None

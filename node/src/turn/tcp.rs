@@ -146,7 +146,7 @@ pub fn start(config: &Config, shared: Arc<Shared>) -> Result<()> {
 
 enum Relay {
     Udp(UdpSocket),
-    Tcp { listener: TcpListener, connected: HashSet<SocketAddr> },
+    Tcp { listener: TcpListener, connected: HashSet<SocketAddr>, _port: super::ports::TcpPortGuard },
 }
 
 struct ConnAlloc {
@@ -462,8 +462,8 @@ impl Conn {
                 }
             }
             RelayTransport::Tcp => match shared.create_tcp_relay(req) {
-                Ok(l) => match (l.local_addr(), TcpListener::from_std(l)) {
-                    (Ok(a), Ok(listener)) => (Relay::Tcp { listener, connected: HashSet::new() }, a, None),
+                Ok((l, port)) => match (l.local_addr(), TcpListener::from_std(l)) {
+                    (Ok(a), Ok(listener)) => (Relay::Tcp { listener, connected: HashSet::new(), _port: port }, a, None),
                     _ => {
                         shared.quotas.release(&req.username);
                         return shared.server.allocate_failed(req, 508);
