@@ -28,6 +28,8 @@ pub struct TurnClient {
     pass: String,
     realm: Option<String>,
     nonce: Option<String>,
+    /// Every 401/438 challenge this client answered, in order.
+    pub challenges: Vec<u16>,
 }
 
 /// A reply: its error code (0 for success) and the parsed bytes.
@@ -50,14 +52,19 @@ impl TurnClient {
     /// A UDP client of `server`.
     pub async fn udp(server: SocketAddr, user: &str, pass: &str) -> Result<Self> {
         let bind: SocketAddr = if server.is_ipv4() { "127.0.0.1:0".parse()? } else { "[::1]:0".parse()? };
-        let sock = UdpSocket::bind(bind).await?;
-        Ok(TurnClient { link: Link::Udp(sock), server, user: user.into(), pass: pass.into(), realm: None, nonce: None })
+        Self::udp_from(bind, server, user, pass).await
+    }
+
+    /// A UDP client of `server` bound to `local`.
+    pub async fn udp_from(local: SocketAddr, server: SocketAddr, user: &str, pass: &str) -> Result<Self> {
+        let sock = UdpSocket::bind(local).await?;
+        Ok(TurnClient { link: Link::Udp(sock), server, user: user.into(), pass: pass.into(), realm: None, nonce: None, challenges: Vec::new() })
     }
 
     /// A TCP client of `server`.
     pub async fn tcp(server: SocketAddr, user: &str, pass: &str) -> Result<Self> {
         let s = TcpStream::connect(server).await?;
-        Ok(TurnClient { link: Link::Tcp(s), server, user: user.into(), pass: pass.into(), realm: None, nonce: None })
+        Ok(TurnClient { link: Link::Tcp(s), server, user: user.into(), pass: pass.into(), realm: None, nonce: None, challenges: Vec::new() })
     }
 
     /// Uses a nonce learned elsewhere (to show nonces carry no per-client state).
@@ -124,6 +131,7 @@ impl TurnClient {
             let code = m.attribute::<ErrorCode>().map(|e| e.code()).unwrap_or(0);
             let challenge = (code == 401 && self.nonce.is_none()) || code == 438;
             if challenge {
+                self.challenges.push(code);
                 if let (Ok(r), Ok(n)) = (m.attribute::<Realm>(), m.attribute::<Nonce>()) {
                     self.realm = Some(r.realm().to_owned());
                     self.nonce = Some(n.nonce().to_owned());

@@ -1,0 +1,187 @@
+//! TURN security checks over real sockets (the TURN notes' checklist): credentials (bad
+//! password, expired REST username), the peer policy for every loopback, unspecified and
+//! IPv4-in-IPv6 spelling, the node's own listeners, quotas (486), stateless nonces, and
+//! malformed input that must not disturb anyone else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use cluster_tests::coturn::free_dual_port;
+use cluster_tests::turn_client::TurnClient;
+use cluster_tests::{NodeProcess, NodeSpec};
+use hmac::{Hmac, Mac};
+
+const SECRET: &str = "security-secret";
+
+struct Node {
+    n: NodeProcess,
+    turn: SocketAddr,
+    turn6: SocketAddr,
+}
+
+async fn node(extra: &[&str]) -> Node {
+    let port = free_dual_port();
+    let mut spec = NodeSpec::single()
+        .set(&format!("ice.turn_secret=\"{SECRET}\""))
+        .set(&format!("turn.listen=[\"127.0.0.1:{port}\", \"[::1]:{port}\"]"))
+        .set("turn.relay_ip6=\"::1\"")
+        .set("turn.users=[\"alice:wonderland\", \"bob:builder\"]");
+    for e in extra {
+        spec = spec.set(e);
+    }
+    let n = NodeProcess::start(spec).await.unwrap();
+    Node { n, turn: format!("127.0.0.1:{port}").parse().unwrap(), turn6: format!("[::1]:{port}").parse().unwrap() }
+}
+
+fn rest(user: &str, expiry: u64) -> (String, String) {
+    let username = format!("{expiry}:{user}");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    (username, base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn t21_credentials() {
+    let n = node(&[]).await;
+    let mut good = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(good.allocate().await.unwrap().code, 0);
+    let mut bad = TurnClient::udp(n.turn, "alice", "nope").await.unwrap();
+    assert_eq!(bad.allocate().await.unwrap().code, 401);
+    let (u, p) = rest("carol", now() + 600);
+    assert_eq!(TurnClient::udp(n.turn, &u, &p).await.unwrap().allocate().await.unwrap().code, 0);
+    let (u, p) = rest("carol", now() - 1);
+    assert_eq!(TurnClient::udp(n.turn, &u, &p).await.unwrap().allocate().await.unwrap().code, 401, "expired REST username");
+    let (u, _) = rest("carol", now() + 600);
+    assert_eq!(TurnClient::udp(n.turn, &u, "forged").await.unwrap().allocate().await.unwrap().code, 401);
+    // Binding needs no credentials.
+    assert_eq!(TurnClient::udp(n.turn, "", "").await.unwrap().binding().await.unwrap().code, 0);
+}
+
+/// Without an allow-list: every loopback, unspecified, private, link-local and mapped form is
+/// 403, on CreatePermission and ChannelBind, over IPv4 and IPv6 relays.
+#[tokio::test]
+async fn t21_peer_policy_without_allow_list() {
+    let n = node(&[]).await;
+    let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    for peer in ["127.0.0.1:9", "0.0.0.0:9", "127.255.255.254:9", "10.0.0.1:9", "192.168.1.1:9", "169.254.169.254:80", "224.0.0.1:9", "255.255.255.255:9"] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(c.permit(peer).await.unwrap().code, 403, "CreatePermission {peer}");
+        assert_eq!(c.bind(0x4001, peer).await.unwrap().code, 403, "ChannelBind {peer}");
+    }
+    assert_eq!(c.permit("8.8.8.8:53".parse().unwrap()).await.unwrap().code, 0, "a public peer is fine");
+    let mut v6 = TurnClient::udp(n.turn6, "bob", "builder").await.unwrap();
+    let a = v6
+        .request(turn_types::message::ALLOCATE, &|b, _| {
+            use stun_types::message::MessageWriteExt;
+            let _ = b.add_attribute(&turn_types::attribute::RequestedTransport::new(17));
+            let _ = b.add_attribute(&turn_types::attribute::RequestedAddressFamily::new(turn_types::AddressFamily::IPV6));
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.code, 0);
+    assert!(a.relayed().unwrap().is_ipv6());
+    for peer in ["[::1]:9", "[::]:9", "[::ffff:127.0.0.1]:9", "[::127.0.0.1]:9", "[::ffff:0.0.0.0]:9", "[::ffff:10.0.0.1]:9", "[fe80::1]:9", "[fd00::1]:9", "[64:ff9b::7f00:1]:9", "[2002:7f00:1::]:9"] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(v6.permit(peer).await.unwrap().code, 403, "CreatePermission {peer}");
+        assert_eq!(v6.bind(0x4002, peer).await.unwrap().code, 403, "ChannelBind {peer}");
+    }
+    assert!(n.n.log().contains("STUN/TURN server running"));
+}
+
+/// With 127.0.0.0/8 allowed (tests), loopback peers pass — but never the node's own listeners.
+#[tokio::test]
+async fn t21_own_listeners_never_peers() {
+    let n = node(&["turn.allow_peers=[\"127.0.0.0/8\"]"]).await;
+    let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    assert_eq!(c.permit("127.0.0.9:5000".parse().unwrap()).await.unwrap().code, 0);
+    assert_eq!(c.permit(n.turn).await.unwrap().code, 403, "the TURN listener");
+    assert_eq!(c.permit(n.n.spec.http).await.unwrap().code, 403, "the HTTP listener");
+    assert_eq!(c.permit("10.0.0.1:1".parse().unwrap()).await.unwrap().code, 403, "other private ranges stay refused");
+}
+
+#[tokio::test]
+async fn t21_quota_486() {
+    let n = node(&["turn.user_quota=2"]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+        assert_eq!(c.allocate().await.unwrap().code, 0);
+        held.push(c);
+    }
+    let mut third = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(third.allocate().await.unwrap().code, 486);
+    let mut other = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
+    assert_eq!(other.allocate().await.unwrap().code, 0, "the quota is per user");
+    // Deleting one frees a slot.
+    assert_eq!(held[0].refresh(0).await.unwrap().code, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(third.allocate().await.unwrap().code, 0);
+    // A second Allocate on the same 5-tuple is a mismatch.
+    let mut dup = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
+    assert_eq!(dup.allocate().await.unwrap().code, 0);
+    let again = dup.allocate().await.unwrap();
+    assert_eq!(again.code, 437);
+}
+
+/// Nonces carry no per-client state: one learned on one socket authenticates another socket of
+/// the same host; from another address it is stale (438) and the client gets a fresh one.
+#[tokio::test]
+async fn t21_stateless_nonces() {
+    let n = node(&[]).await;
+    let mut a = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(a.allocate().await.unwrap().code, 0);
+    let (realm, nonce) = a.nonce().unwrap();
+    let mut b = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    b.set_nonce(&realm, &nonce);
+    assert_eq!(b.allocate().await.unwrap().code, 0, "the nonce works from another port of this host");
+    assert!(b.challenges.is_empty(), "no challenge: {:?}", b.challenges);
+    // From 127.0.0.2 the same nonce is stale (438), then the fresh one works.
+    let mut c = TurnClient::udp_from("127.0.0.2:0".parse().unwrap(), n.turn, "alice", "wonderland").await.unwrap();
+    c.set_nonce(&realm, &nonce);
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    assert_eq!(c.challenges, vec![438]);
+}
+
+/// Garbage, truncated and oversized datagrams get nothing or 400 and disturb no one.
+#[tokio::test]
+async fn t21_malformed_input() {
+    let n = node(&["turn.allow_peers=[\"127.0.0.0/8\"]"]).await;
+    let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut truncated_allocate = vec![0x00, 0x03, 0x00, 0x40, 0x21, 0x12, 0xa4, 0x42];
+    truncated_allocate.extend_from_slice(&[7; 12]);
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 1],
+        vec![0x40, 0x00, 0xff, 0xff, 1, 2, 3],
+        truncated_allocate.clone(),
+        vec![0u8; 1400],
+        (0..2000).map(|i| i as u8).collect(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    for case in &cases {
+        let _ = junk.send_to(case, n.turn).await;
+    }
+    let mut buf = [0u8; 2048];
+    let mut answers = 0;
+    while let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_millis(300), junk.recv_from(&mut buf)).await {
+        answers += 1;
+        let m = stun_types::message::Message::from_bytes(&buf[..len]).expect("only well-formed STUN comes back");
+        let code = m.attribute::<stun_types::attribute::ErrorCode>().map(|e| e.code()).unwrap_or(0);
+        assert_eq!(code, 400, "a readable but truncated request gets 400");
+    }
+    assert!(answers <= 1, "garbage gets no answer");
+    // Still serving the well-behaved client.
+    assert_eq!(c.permit("127.0.0.9:1".parse().unwrap()).await.unwrap().code, 0);
+    let mut tcp = TurnClient::tcp(n.turn, "bob", "builder").await.unwrap();
+    assert_eq!(tcp.allocate().await.unwrap().code, 0);
+    assert!(!n.n.log().contains("panicked"));
+}
