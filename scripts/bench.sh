@@ -6,6 +6,9 @@
 #                                            per session at 10 000 sessions.
 #   scripts/bench.sh cluster                 three nodes: join latency and joins/s through Raft,
 #                                            cross-node messaging vs one node, failover times.
+#   scripts/bench.sh turn                    coturn vs Switchboard with the same turnutils_uclient
+#                                            loads (stable, fixed 50 k/s, Send indications,
+#                                            saturating x5), then memory per idle allocation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,8 +115,23 @@ cluster() {
   target/release/clusterbench failover --rounds "${ROUNDS:-5}"
 }
 
+turn() {
+  if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/null; then
+    echo "installing coturn (the reference server and its clients)"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq coturn >/dev/null
+  fi
+  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin turnbench
+  ulimit -n "$(ulimit -Hn)"
+  target/release/turnbench --switchboard target/release/switchboard --seconds "${SECONDS_PER_RUN:-12}" \
+    --saturating-runs "${SATURATING_RUNS:-5}" "$@"
+  echo
+  target/release/turnbench --switchboard target/release/switchboard --idle-allocations "${IDLE_ALLOCATIONS:-10000}"
+}
+
 case "$what" in
   signaling) signaling "$@" ;;
   cluster) cluster "$@" ;;
-  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster" >&2; exit 2 ;;
+  turn) turn "$@" ;;
+  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster | turn" >&2; exit 2 ;;
 esac
