@@ -105,7 +105,7 @@ impl TurnClient {
         }
     }
 
-    fn build(&self, method: Method, add: &dyn Fn(&mut MessageWriteVec, TransactionId)) -> Vec<u8> {
+    fn build(&self, method: Method, add: &(dyn Fn(&mut MessageWriteVec, TransactionId) + Sync)) -> Vec<u8> {
         let mut b = Message::builder_request(method, MessageWriteVec::new());
         let t = b.transaction_id();
         add(&mut b, t);
@@ -121,7 +121,7 @@ impl TurnClient {
     }
 
     /// Sends a request, following one 401/438 challenge; the final answer.
-    pub async fn request(&mut self, method: Method, add: &dyn Fn(&mut MessageWriteVec, TransactionId)) -> Result<Answer> {
+    pub async fn request(&mut self, method: Method, add: &(dyn Fn(&mut MessageWriteVec, TransactionId) + Sync)) -> Result<Answer> {
         for _ in 0..3 {
             let bytes = self.exchange(&self.build(method, add)).await?;
             let m = Message::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("bad reply: {e:?}"))?;

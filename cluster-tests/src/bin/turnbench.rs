@@ -29,6 +29,10 @@ struct Args {
     /// Only these loads: stable, fixed, saturating, send.
     #[arg(long)]
     only: Vec<String>,
+    /// Instead of the loads: hold this many idle allocations on Switchboard and report the
+    /// memory each one costs.
+    #[arg(long)]
+    idle_allocations: Option<usize>,
 }
 
 struct Server {
@@ -193,8 +197,70 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Memory per idle allocation: RSS before and after `n` allocations, each from its own socket.
+fn idle_allocations(bin: &str, n: usize) -> Result<()> {
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--set", &format!("turn.listen=[\"127.0.0.1:{port}\"]")])
+        .args(["--set", "turn.users=[\"test:test\"]"])
+        .args(["--set", &format!("turn.user_quota={}", n + 10), "--set", &format!("turn.max_allocations={}", n + 10)])
+        .args(["--set", "turn.min_port=20000", "--set", "turn.max_port=60000"])
+        .args(["--set", "node.data_dir=\"/tmp/switchboard-turnbench\""])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = Server { name: "switchboard", child, port };
+    wait_port(port);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id();
+    let before = proc_rss_mib(pid);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let held = rt.block_on(async move {
+        let mut held = Vec::new();
+        let mut failed = 0;
+        for chunk in 0..n.div_ceil(200) {
+            let mut batch = Vec::new();
+            for _ in 0..200.min(n - chunk * 200) {
+                batch.push(tokio::spawn(async move {
+                    let mut c = cluster_tests::turn_client::TurnClient::udp(target, "test", "test").await?;
+                    let a = c.allocate().await?;
+                    anyhow::ensure!(a.code == 0, "allocate answered {}", a.code);
+                    Ok::<_, anyhow::Error>(c)
+                }));
+            }
+            for b in batch {
+                match b.await {
+                    Ok(Ok(c)) => held.push(c),
+                    _ => failed += 1,
+                }
+            }
+        }
+        (held, failed)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = proc_rss_mib(pid);
+    let count = held.0.len();
+    println!("| idle allocations | failed | server RSS before | after | per allocation (user space) |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {count} | {} | {before:.1} MiB | {after:.1} MiB | {:.2} KiB |",
+        held.1,
+        (after - before) * 1024.0 / count.max(1) as f64
+    );
+    println!("(each allocation also holds one kernel UDP socket, which RSS does not show)");
+    drop(held);
+    drop(server);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
+    if let Some(n) = a.idle_allocations {
+        return idle_allocations(&a.switchboard, n);
+    }
     let peer_port = free_port();
     let mut peer = Command::new("turnutils_peer")
         .args(["-p", &peer_port.to_string(), "-L", "127.0.0.1"])
