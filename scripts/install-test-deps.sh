@@ -11,6 +11,7 @@ command -v turnutils_uclient >/dev/null || need+=(coturn)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
+command -v curl >/dev/null || need+=(curl)
 command -v cargo-nextest >/dev/null && nextest=1 || nextest=0
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -43,6 +43,12 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a Chromium session with fake media devices.
     pub async fn launch() -> Result<Browser> {
+        Self::launch_with(&[]).await
+    }
+
+    /// Like [`Browser::launch`], with extra Chromium flags.
+    pub async fn launch_with(extra: &[&str]) -> Result<Browser> {
+        crate::init_crypto();
         let port = free_port(&[std::net::Ipv4Addr::LOCALHOST]);
         let chromedriver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -72,6 +78,9 @@ impl Browser {
             caps.add_arg(arg)?;
         }
         caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        for arg in extra {
+            caps.add_arg(arg)?;
+        }
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let driver = loop {
