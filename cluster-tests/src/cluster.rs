@@ -18,6 +18,7 @@ pub struct Cluster {
     /// Node processes; index 0 is node 1.
     pub nodes: Vec<NodeProcess>,
     http_port: u16,
+    turn_port: u16,
 }
 
 /// Extra settings for every node of a test cluster.
@@ -44,6 +45,10 @@ impl Cluster {
             })
             .collect();
         let peers = format!("cluster.peers=[{}]", peers.join(", "));
+        let mut turn_port = free_port(&ips);
+        while turn_port == http_port || turn_port == raft_port {
+            turn_port = free_port(&ips);
+        }
         let mut nodes = Vec::new();
         for i in 1..=3u8 {
             let mut spec = NodeSpec {
@@ -61,6 +66,8 @@ impl Cluster {
                 "cluster.secret=\"test-cluster-secret\"".into(),
                 format!("cluster.admin_token=\"{ADMIN_TOKEN}\""),
                 peers.clone(),
+                format!("turn.listen=[\"127.0.0.{i}:{turn_port}\"]"),
+                format!("turn.relay_ip=\"127.0.0.{i}\""),
             ] {
                 spec.sets.push(s);
             }
@@ -70,9 +77,14 @@ impl Cluster {
         // Start all three before waiting on any: node 1 needs a majority to elect itself.
         let started = futures_util::future::join_all(nodes.into_iter().map(NodeProcess::start)).await;
         let nodes = started.into_iter().collect::<Result<Vec<_>>>()?;
-        let c = Cluster { nodes, http_port };
+        let c = Cluster { nodes, http_port, turn_port };
         c.wait_leader(Duration::from_secs(20)).await?;
         Ok(c)
+    }
+
+    /// The STUN/TURN listener (UDP and TCP) of node `n` (1-based).
+    pub fn turn_addr(&self, n: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(127, 0, 0, n as u8), self.turn_port))
     }
 
     /// HTTP client of node `n` (1-based).

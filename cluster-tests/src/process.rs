@@ -69,11 +69,20 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
-    /// A node on a free port of 127.0.0.1 with a short register grace, as Collider's tests use.
+    /// A node on a free port of 127.0.0.1, its TURN server on another (tests run side by side).
     pub fn single() -> Self {
         let ip = Ipv4Addr::LOCALHOST;
         let port = free_port(&[ip]);
-        NodeSpec { http: SocketAddr::from((ip, port)), sets: Vec::new(), env: Vec::new(), config: None }
+        let mut turn = free_port(&[ip]);
+        while turn == port {
+            turn = free_port(&[ip]);
+        }
+        NodeSpec {
+            http: SocketAddr::from((ip, port)),
+            sets: vec![format!("turn.listen=[\"127.0.0.1:{turn}\"]")],
+            env: Vec::new(),
+            config: None,
+        }
     }
 
     /// Adds `--set key=value`.

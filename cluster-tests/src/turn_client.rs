@@ -172,6 +172,32 @@ impl TurnClient {
         .await
     }
 
+    /// Sends `data` on channel `number` (a ChannelData message; UDP clients only).
+    pub async fn send_channel(&mut self, number: u16, data: &[u8]) -> Result<()> {
+        let Link::Udp(s) = &self.link else { bail!("ChannelData over UDP only") };
+        let mut frame = Vec::with_capacity(4 + data.len());
+        frame.extend_from_slice(&number.to_be_bytes());
+        frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        frame.extend_from_slice(data);
+        s.send_to(&frame, self.server).await?;
+        Ok(())
+    }
+
+    /// The next ChannelData message from the server within `within`: (channel, data).
+    pub async fn recv_channel(&mut self, within: Duration) -> Result<(u16, Vec<u8>)> {
+        let Link::Udp(s) = &self.link else { bail!("ChannelData over UDP only") };
+        let mut buf = vec![0u8; 2048];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (n, _) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await.context("no ChannelData")??;
+            if n >= 4 && (0x40..0x80).contains(&buf[0]) {
+                let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+                let data = buf.get(4..4 + len).context("short ChannelData")?.to_vec();
+                return Ok((u16::from_be_bytes([buf[0], buf[1]]), data));
+            }
+        }
+    }
+
     /// ChannelBind `number` to `peer`.
     pub async fn bind(&mut self, number: u16, peer: SocketAddr) -> Result<Answer> {
         self.request(CHANNEL_BIND, &|b, t| {

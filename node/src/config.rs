@@ -316,6 +316,9 @@ impl Config {
             if c.public_url.is_empty() {
                 bail!("cluster.public_url is required when cluster.enabled");
             }
+            if c.secret.len() < 16 {
+                bail!("cluster.secret must be at least 16 characters: the nodes authenticate each other with it");
+            }
             if c.bootstrap && !c.peers.iter().any(|p| p.id == self.node.id) {
                 bail!("cluster.peers must list this node (id {}) to bootstrap", self.node.id);
             }

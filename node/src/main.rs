@@ -32,6 +32,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use switchboard_proto::credentials;
 use switchboard_proto::rooms::Command;
 use tracing::{error, info, warn};
 
@@ -99,14 +100,14 @@ async fn run(config: Config) -> Result<()> {
     };
     registry_ctx.run(RoomRegistry::new(membership.clone()));
 
-    // TURN credentials: the configured shared secret, or one made up for this process.
-    let turn_secret = if config.ice.turn_secret.is_empty() && config.turn.enabled {
-        if config.cluster.enabled {
-            warn!("ice.turn_secret is empty: TURN credentials from this node will not work on the others");
-        }
-        format!("{:032x}", rand::random::<u128>())
-    } else {
+    // TURN credentials: the configured shared secret; in a cluster one derived from the cluster
+    // secret (every node must accept every node's credentials); alone, one made up per process.
+    let turn_secret = if !config.ice.turn_secret.is_empty() {
         config.ice.turn_secret.clone()
+    } else if config.cluster.enabled {
+        credentials::derive_secret(config.cluster.secret.as_bytes(), "switchboard turn-rest")
+    } else {
+        format!("{:032x}", rand::random::<u128>())
     };
     let turn_urls = if config.ice.turn_urls.is_empty() && config.turn.enabled {
         turn::TurnService::uris(&config)
@@ -116,7 +117,7 @@ async fn run(config: Config) -> Result<()> {
     let turn_service = if config.turn.enabled {
         // Nonces signed with the cluster secret are good on every node.
         let nonce_secret = if config.cluster.enabled && !config.cluster.secret.is_empty() {
-            config.cluster.secret.as_bytes().to_vec()
+            credentials::derive_secret(config.cluster.secret.as_bytes(), "switchboard turn-nonce").into_bytes()
         } else {
             rand::random::<[u8; 32]>().to_vec()
         };
@@ -133,6 +134,9 @@ async fn run(config: Config) -> Result<()> {
         turn_service.as_ref().map(|t| t.shared.clone()),
     ));
     spawn_ticker(membership.clone());
+    if let Some(c) = membership.as_cluster() {
+        report_load(c.clone(), &config, node.clone(), turn_service.as_ref().map(|t| t.shared.clone()));
+    }
 
     let tls = match config.tls() {
         Some((cert, key)) => Some(http::tls::server_config(cert, key)?),
@@ -192,6 +196,48 @@ async fn run(config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Puts this node's load and TURN service into the replicated state, and lets the TURN server
+/// accept the other nodes' relays as peers.
+fn report_load(cluster: std::sync::Arc<cluster::Cluster>, config: &Config, node: web::Data<Node>, turn: Option<std::sync::Arc<turn::Shared>>) {
+    // Clients reach this node's TURN server at its external address, else the host of its
+    // public URL.
+    let public_host = if !config.turn.external_ip.is_empty() {
+        config.turn.external_ip.clone()
+    } else {
+        config.cluster.public_url.parse::<actix_web::http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).unwrap_or_default()
+    };
+    let uris: Vec<String> = if turn.is_some() && !public_host.is_empty() {
+        turn::TurnService::uris(config).iter().map(|u| u.replace("{host}", &public_host)).collect()
+    } else {
+        Vec::new()
+    };
+    let t = &config.turn;
+    let mut relay_ips: Vec<std::net::IpAddr> = Vec::new();
+    if turn.is_some() {
+        let advertised = if t.external_ip.is_empty() { &t.relay_ip } else { &t.external_ip };
+        relay_ips.extend(advertised.parse::<std::net::IpAddr>().ok());
+        relay_ips.extend(t.relay_ip6.parse::<std::net::IpAddr>().ok());
+    }
+    let (min_port, max_port) = (t.min_port, t.max_port);
+    let measure_turn = turn.clone();
+    cluster.report_load(
+        move || switchboard_proto::cluster::LoadReport {
+            sessions: node.sessions.open() as u64,
+            allocations: measure_turn.as_ref().map_or(0, |t| t.quotas.total() as u64),
+            relay_bps: 0,
+            turn_uris: uris.clone(),
+            relay_ips: relay_ips.clone(),
+            relay_min_port: min_port,
+            relay_max_port: max_port,
+        },
+        move |relays| {
+            if let Some(t) = &turn {
+                t.server.set_cluster_relays(relays);
+            }
+        },
+    );
 }
 
 /// Applies `Tick` whenever a register grace or idle room is due (a cluster's leader does this

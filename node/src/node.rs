@@ -81,6 +81,22 @@ impl Node {
         }
     }
 
+    /// TURN URI sets to hand out, best first: in a cluster the least-loaded live node and a
+    /// backup (each set names its node); otherwise this node's (or the configured) URIs, with
+    /// `{host}` replaced by the host the client used.
+    pub fn turn_uri_sets(&self, host: &str) -> Vec<Vec<String>> {
+        if let Some(c) = self.membership.as_cluster() {
+            let placed: Vec<Vec<String>> = c.turn_placement().into_iter().take(2).map(|(_, uris)| uris).collect();
+            if !placed.is_empty() {
+                return placed;
+            }
+        }
+        if self.turn_urls.is_empty() {
+            return Vec::new();
+        }
+        vec![self.turn_urls.iter().map(|u| u.replace("{host}", host)).collect()]
+    }
+
     /// The AppRTC settings for one request: the live nodes change as the cluster does.
     pub fn apprtc_settings(&self) -> apprtc::Settings {
         let mut s = self.apprtc.clone();

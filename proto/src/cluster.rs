@@ -25,7 +25,7 @@ pub enum ClusterCommand {
     Load { node: NodeId, report: LoadReport },
 }
 
-/// What a node reports about its load.
+/// What a node reports about its load and its TURN service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Open signaling sessions.
@@ -34,6 +34,29 @@ pub struct LoadReport {
     pub allocations: u64,
     /// Relayed bytes per second, both directions.
     pub relay_bps: u64,
+    /// The TURN URIs that reach this node (empty: it runs no TURN server).
+    pub turn_uris: Vec<String>,
+    /// The addresses its relays use, and their port range: other nodes' relays may send to
+    /// them (relaying between nodes), nothing else of theirs.
+    pub relay_ips: Vec<std::net::IpAddr>,
+    /// First relay port.
+    pub relay_min_port: u16,
+    /// Last relay port.
+    pub relay_max_port: u16,
+}
+
+impl ClusterState {
+    /// Live nodes offering TURN, least loaded first (allocations, then sessions, then id).
+    pub fn turn_placement(&self, live: impl Fn(NodeId) -> bool) -> Vec<(NodeId, &LoadReport)> {
+        let mut v: Vec<(NodeId, &LoadReport)> = self
+            .nodes
+            .iter()
+            .filter(|(id, s)| s.up && !s.load.turn_uris.is_empty() && live(**id))
+            .map(|(id, s)| (*id, &s.load))
+            .collect();
+        v.sort_by_key(|(id, l)| (l.allocations, l.sessions, *id));
+        v
+    }
 }
 
 /// What the cluster knows of a node.
@@ -292,7 +315,7 @@ mod tests {
         let mut s = ClusterState::new(Limits::default());
         s.apply(ClusterCommand::Room(Command::Join { room: "R".into(), client: "1".into(), loopback: false, now_ms: 5 }));
         s.apply(ClusterCommand::Room(Command::Send { room: "R".into(), client: "x".into(), body: "m".into(), now_ms: 5 }));
-        s.apply(ClusterCommand::Load { node: 2, report: LoadReport { sessions: 3, allocations: 1, relay_bps: 9 } });
+        s.apply(ClusterCommand::Load { node: 2, report: LoadReport { sessions: 3, allocations: 1, relay_bps: 9, ..Default::default() } });
         let back = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.digest(), s.digest());
@@ -300,6 +323,27 @@ mod tests {
         let mut other = s.clone();
         other.apply(ClusterCommand::Room(Command::Leave { room: "R".into(), client: "1".into(), now_ms: 6 }));
         assert_ne!(other.digest(), s.digest());
+    }
+
+    /// The least-loaded live TURN node comes first; down nodes and nodes without TURN are left out.
+    #[test]
+    fn turn_placement_prefers_the_least_loaded_live_node() {
+        let mut s = ClusterState::new(Limits::default());
+        let report = |allocations, sessions| LoadReport {
+            allocations,
+            sessions,
+            turn_uris: vec!["turn:x".into()],
+            ..Default::default()
+        };
+        for (node, r) in [(1, report(5, 0)), (2, report(1, 9)), (3, report(1, 2)), (4, LoadReport::default())] {
+            s.apply(ClusterCommand::NodeUp { node, now_ms: 1, grace_ms: 1 });
+            s.apply(ClusterCommand::Load { node, report: r });
+        }
+        let order: Vec<NodeId> = s.turn_placement(|_| true).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(order, vec![3, 2, 1], "node 4 runs no TURN server");
+        s.apply(ClusterCommand::NodeDown { node: 3, now_ms: 2, grace_ms: 1 });
+        let order: Vec<NodeId> = s.turn_placement(|n| n != 2).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(order, vec![1], "3 is down and 2 unreachable");
     }
 
     #[test]

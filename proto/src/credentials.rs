@@ -57,6 +57,15 @@ pub fn check_expiry(username: &str, separator: char, now_secs: u64) -> Result<u6
     Ok(expiry)
 }
 
+/// A secret for one `purpose` derived from a cluster's shared secret (HMAC-SHA256, hex), so every
+/// node of a cluster agrees on it without it being configured, and knowing it reveals nothing of
+/// the cluster secret or of secrets for other purposes.
+pub fn derive_secret(cluster_secret: &[u8], purpose: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(cluster_secret).expect("HMAC takes any key length");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Compares two secrets without leaking, through timing, where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -68,6 +77,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_depend_on_secret_and_purpose() {
+        let a = derive_secret(b"cluster", "turn-rest");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, derive_secret(b"cluster", "turn-rest"));
+        assert_ne!(a, derive_secret(b"cluster", "turn-nonce"));
+        assert_ne!(a, derive_secret(b"other", "turn-rest"));
+    }
 
     /// Vectors from the AppRTC protocol notes §5.4, computed with coturn's formula.
     #[test]

@@ -178,14 +178,18 @@ pub async fn iceconfig(req: HttpRequest, node: web::Data<Node>) -> HttpResponse 
     let host = host_name(&conn_host);
     let ice = &node.config.ice;
     let mut servers: Vec<Value> = Vec::new();
-    if !node.turn_secret.is_empty() && !node.turn_urls.is_empty() {
+    let sets = node.turn_uri_sets(host);
+    if !node.turn_secret.is_empty() && !sets.is_empty() {
+        // One credential for every set: the secret is the same on every node.
         let user = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
         let cred = credentials::issue(node.turn_secret.as_bytes(), Some(&user), now_ms() / 1000, ice.turn_ttl_secs);
-        servers.push(json!({
-            "urls": expand(&node.turn_urls, host),
-            "username": cred.username,
-            "credential": cred.password,
-        }));
+        for urls in sets {
+            servers.push(json!({
+                "urls": urls,
+                "username": cred.username,
+                "credential": cred.password,
+            }));
+        }
     }
     if !ice.stun_urls.is_empty() {
         servers.push(json!({ "urls": expand(&ice.stun_urls, host) }));
@@ -205,20 +209,21 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         return HttpResponse::BadRequest().json(json!({ "error": "service must be \"turn\"" }));
     }
     let ice = &node.config.ice;
-    if node.turn_secret.is_empty() || node.turn_urls.is_empty() {
+    let conn_host = req.connection_info().host().to_owned();
+    let uris: Vec<String> = node.turn_uri_sets(host_name(&conn_host)).into_iter().flatten().collect();
+    if node.turn_secret.is_empty() || uris.is_empty() {
         return HttpResponse::NotFound().json(json!({ "error": "no TURN server is configured" }));
     }
     let user = q.username.as_deref().filter(|u| validate_id(u).is_ok());
     if q.username.is_some() && user.is_none() {
         return HttpResponse::BadRequest().json(json!({ "error": "username must match [A-Za-z0-9_-]{1,64}" }));
     }
-    let conn_host = req.connection_info().host().to_owned();
     let cred = credentials::issue(node.turn_secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
     HttpResponse::Ok().json(json!({
         "username": cred.username,
         "password": cred.password,
         "ttl": ice.turn_ttl_secs,
-        "uris": expand(&node.turn_urls, host_name(&conn_host)),
+        "uris": uris,
     }))
 }
 

@@ -187,6 +187,13 @@ impl TurnService {
             socket_buffer: t.socket_buffer,
         });
         let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { t.threads };
+        // The shards share each listener through SO_REUSEPORT, which would also let us join a
+        // group another process (a second node on this host) already holds, splitting its
+        // clients' packets between us. A plain bind first proves the address is free.
+        for addr in &t.listen {
+            std::net::UdpSocket::bind(addr)
+                .with_context(|| format!("cannot listen for TURN/UDP on {addr} (another TURN server or node uses it?)"))?;
+        }
         let mut shards = Vec::new();
         for id in 0..threads {
             let (shard, handle) = Shard::new(id as u8, &t.listen, shared.clone())

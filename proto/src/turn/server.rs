@@ -159,13 +159,18 @@ pub enum Handled<'a> {
     ConnectionBind { id: u32, reply: Vec<u8>, username: String },
 }
 
+/// Relay addresses of the other nodes of a cluster: their IP and relay port range.
+pub type ClusterRelays = Vec<(IpAddr, u16, u16)>;
+
 /// The STUN/TURN logic of one node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TurnServer {
     /// Settings.
     pub cfg: TurnConfig,
     users: UserDb,
     nonces: Nonces,
+    /// Relays of the cluster's nodes: allowed peers although private (relaying between nodes).
+    cluster_relays: std::sync::RwLock<ClusterRelays>,
 }
 
 fn reply_type(msg: &Message<'_>, class: MessageClass) -> MessageType {
@@ -185,7 +190,29 @@ impl TurnServer {
     /// A server with its users and a nonce secret (share it between nodes so a nonce from one
     /// node is good on another behind the same name).
     pub fn new(cfg: TurnConfig, users: UserDb, nonce_secret: Vec<u8>, nonce_ttl_secs: u64) -> Self {
-        TurnServer { cfg, users, nonces: Nonces::new(nonce_secret, nonce_ttl_secs) }
+        TurnServer {
+            cfg,
+            users,
+            nonces: Nonces::new(nonce_secret, nonce_ttl_secs),
+            cluster_relays: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Sets the relay addresses of the cluster's nodes (refreshed as nodes report).
+    pub fn set_cluster_relays(&self, relays: ClusterRelays) {
+        *self.cluster_relays.write().unwrap_or_else(|p| p.into_inner()) = relays;
+    }
+
+    fn is_cluster_relay(&self, peer: SocketAddr) -> bool {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => super::policy::embedded_v4(v6).map(IpAddr::V4).unwrap_or(peer.ip()),
+            ip => ip,
+        };
+        self.cluster_relays
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(rip, lo, hi)| *rip == ip && (*lo..=*hi).contains(&peer.port()))
     }
 
     // ---- building replies ----
@@ -530,6 +557,9 @@ impl TurnServer {
         }
         if self.is_own(peer) {
             return Err(ErrorCode::FORBIDDEN);
+        }
+        if self.is_cluster_relay(peer) {
+            return Ok(());
         }
         check_peer(peer.ip(), &self.cfg.allow_peers).map_err(|_| ErrorCode::FORBIDDEN)
     }

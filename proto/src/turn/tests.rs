@@ -374,6 +374,21 @@ fn create_permission_policy() {
     assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "10.0.0.1:9")))), Some(403), "not allow-listed");
 }
 
+/// In a cluster, the nodes' relay addresses (in their relay port range) are peers although
+/// private; their other ports and every other private address stay refused.
+#[test]
+fn cluster_relays_are_peers() {
+    let s = server(false);
+    let limiter = FailureLimiter::new(10, 60, 100);
+    let mut c = Client::new("alice", "wonderland");
+    let mut a = allocated(&s, &mut c);
+    assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "127.0.0.2:50000")))), Some(403));
+    s.set_cluster_relays(vec![("127.0.0.2".parse().unwrap(), 49000, 51000)]);
+    assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "127.0.0.2:50000")))), None);
+    assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "127.0.0.2:8083")))), Some(403), "not a relay port");
+    assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "127.0.0.3:50000")))), Some(403), "not a node");
+}
+
 /// IPv6 relays refuse every IPv6 spelling of local addresses.
 #[test]
 fn ipv6_relay_policy() {
