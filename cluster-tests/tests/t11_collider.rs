@@ -71,8 +71,11 @@ async fn t11_room_capacity() {
     let (n, _) = node().await;
     let r = fresh_room("cap");
     let mut a = registered(&n, &r, "a").await;
-    let _b = registered(&n, &r, "b").await;
-    a.send_msg("sync").await.unwrap(); // both registered once this is through
+    let mut b = registered(&n, &r, "b").await;
+    // Collider does not acknowledge register; b's frames are handled in order, so once a has
+    // b's message both are registered.
+    b.send_msg("sync").await.unwrap();
+    assert_eq!(a.expect_msg(WAIT).await.unwrap(), "sync");
     let mut c = registered(&n, &r, "c").await;
     let e = c.recv(WAIT).await.unwrap();
     assert_eq!(e.error(), Some("Max room capacity reached"), "{e:?}");

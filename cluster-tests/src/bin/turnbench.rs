@@ -127,7 +127,7 @@ struct Measure {
 /// One uclient run against `server`.
 fn run(server: &Server, peer_port: u16, flags: &[&str], sessions: usize, interval_ms: u64, seconds: u64, length: usize) -> Result<Measure> {
     // Each session sends at most 12.5 k msg/s (50 per 4 ms tick); `-z 1` is 1000/s.
-    let per_session_rate = if interval_ms == 0 { 12_500 } else { 1000 / interval_ms };
+    let per_session_rate = 1000u64.checked_div(interval_ms).unwrap_or(12_500);
     let n = per_session_rate * seconds;
     let pid = server.child.id();
     let mut cmd = Command::new("turnutils_uclient");

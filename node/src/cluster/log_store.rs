@@ -3,6 +3,10 @@
 //! of `append` and `save_vote`; writes run on the blocking pool so the node's threads never wait
 //! on fsync.
 
+// openraft's traits return its StorageError, which is large; errors are rare (disk failure) and
+// boxing would only convert back at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;

@@ -27,6 +27,9 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Called after every apply with the last applied log id.
+pub type OnApply = Arc<dyn Fn(&Option<LogId>) + Send + Sync>;
+
 /// The state machine handed to openraft.
 pub struct StateMachine {
     node: NodeId,
@@ -35,7 +38,7 @@ pub struct StateMachine {
     membership: StoredMembership,
     snapshot_file: PathBuf,
     effects: Recipient<ApplyEffects>,
-    on_apply: Arc<dyn Fn(&Option<LogId>) + Send + Sync>,
+    on_apply: OnApply,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -49,7 +52,7 @@ impl StateMachine {
         dir: PathBuf,
         state: SharedState,
         effects: Recipient<ApplyEffects>,
-        on_apply: Arc<dyn Fn(&Option<LogId>) + Send + Sync>,
+        on_apply: OnApply,
     ) -> anyhow::Result<Self> {
         let snapshot_file = dir.join("snapshot.bin");
         let mut sm = StateMachine {
@@ -86,6 +89,7 @@ impl StateMachine {
         }
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type
     fn save(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
         let bytes = postcard::to_allocvec(stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let tmp = self.snapshot_file.with_extension("tmp");

@@ -11,6 +11,8 @@ use tracing::{info, warn};
 use crate::cluster::types::PeerInfo;
 use crate::node::Node;
 
+/// `Err` is the response to send instead (403 when the admin API is off, else 401).
+#[allow(clippy::result_large_err)]
 fn authorised(req: &HttpRequest, node: &Node) -> Result<(), HttpResponse> {
     let token = &node.config.cluster.admin_token;
     if token.is_empty() {

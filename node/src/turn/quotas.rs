@@ -53,11 +53,11 @@ impl QuotaTable {
 }
 
 impl Quotas for QuotaTable {
-    fn may_allocate(&self, user: &str) -> Result<(), ()> {
+    fn may_allocate(&self, user: &str) -> Result<(), switchboard_proto::turn::server::QuotaReached> {
         let h = self.lock();
         let per = h.1.get(user).copied().unwrap_or(0);
         if h.0 >= self.max_total || per >= self.max_per_user {
-            Err(())
+            Err(switchboard_proto::turn::server::QuotaReached)
         } else {
             Ok(())
         }

@@ -266,7 +266,7 @@ where
                 }
             } => {
                 match r? {
-                    Inbound::Datagram((n, peer)) => c.from_peer(peer, &relay_buf[..n]),
+                    Inbound::Datagram((n, peer)) => c.peer_datagram(peer, &relay_buf[..n]),
                     Inbound::Peer(stream, peer) => c.peer_connection(stream, peer),
                 }
                 if !c.out.is_empty() {
@@ -374,7 +374,7 @@ impl Conn {
         Next::Go
     }
 
-    fn from_peer(&mut self, peer: SocketAddr, data: &[u8]) {
+    fn peer_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
         let now = now_ms();
         if let Some(a) = self.alloc.as_mut() {
             if a.bucket.take(data.len(), now) && self.shared.server.wrap_peer_data(&a.state, peer, data, now, &mut self.out) {

@@ -453,8 +453,7 @@ impl Shard {
     fn relay_ready(&mut self, slot: usize) {
         let mut bufs = std::mem::take(&mut self.rx_bufs);
         let mut metas = [RecvMeta::default(); BATCH];
-        loop {
-            let Some(r) = self.relays.get_mut(slot) else { break };
+        while let Some(r) = self.relays.get_mut(slot) {
             let n = {
                 let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
                 match r.qstate.recv((&r.sock).into(), &mut slices, &mut metas) {

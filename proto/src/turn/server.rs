@@ -97,10 +97,15 @@ impl Ctx {
     }
 }
 
+/// A user (or the node) holds all the allocations it may (486 Allocation Quota Reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("allocation quota reached")]
+pub struct QuotaReached;
+
 /// Whether a user may hold one more allocation.
 pub trait Quotas {
-    /// `Err(())` when `username` (or the node) is at its allocation quota (486).
-    fn may_allocate(&self, username: &str) -> Result<(), ()>;
+    /// `Err` when `username` (or the node) is at its allocation quota.
+    fn may_allocate(&self, username: &str) -> Result<(), QuotaReached>;
 }
 
 /// An accepted Allocate waiting for its relay.

@@ -16,7 +16,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRE
 use turn_types::AddressFamily;
 
 use super::auth::FailureLimiter;
-use super::server::{AllocateRequest, Ctx, Handled, Quotas, TurnConfig, TurnServer};
+use super::server::{AllocateRequest, Ctx, Handled, QuotaReached, Quotas, TurnConfig, TurnServer};
 use super::{channel_data, AllocationState, ClientTransport};
 use crate::credentials::rest_password;
 
@@ -106,15 +106,15 @@ const SECRET: &[u8] = b"north";
 
 struct Open;
 impl Quotas for Open {
-    fn may_allocate(&self, _: &str) -> Result<(), ()> {
+    fn may_allocate(&self, _: &str) -> Result<(), QuotaReached> {
         Ok(())
     }
 }
 
 struct Full;
 impl Quotas for Full {
-    fn may_allocate(&self, _: &str) -> Result<(), ()> {
-        Err(())
+    fn may_allocate(&self, _: &str) -> Result<(), QuotaReached> {
+        Err(QuotaReached)
     }
 }
 
