@@ -1,7 +1,8 @@
 //! TURN security checks over real sockets (the TURN notes' checklist): credentials (bad
 //! password, expired REST username), the peer policy for every loopback, unspecified and
-//! IPv4-in-IPv6 spelling, the node's own listeners, quotas (486), stateless nonces, and
-//! malformed input that must not disturb anyone else.
+//! IPv4-in-IPv6 spelling, the node's own listeners, quotas (486), relay ports running out (508)
+//! and EVEN-PORT reservations, stateless nonces, and malformed input that must not disturb
+//! anyone else.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -184,4 +185,61 @@ async fn t21_malformed_input() {
     let mut tcp = TurnClient::tcp(n.turn, "bob", "builder").await.unwrap();
     assert_eq!(tcp.allocate().await.unwrap().code, 0);
     assert!(!n.n.log().contains("panicked"));
+}
+
+/// RFC 8656 §7.2 and §14.6 on a two-port relay range: EVEN-PORT with R takes the even port and
+/// reserves the odd one; with both ports held, an Allocate gets 508 Insufficient Capacity; the
+/// RESERVATION-TOKEN claims the reserved port; deleting an allocation frees its port again.
+#[tokio::test]
+async fn t21_even_port_reservation_and_508() {
+    use stun_types::message::MessageWriteExt;
+    use turn_types::attribute::{EvenPort, RequestedTransport, ReservationToken};
+    // A relay address no other test uses, so the tiny range is ours alone.
+    let n = node(&["turn.relay_ip=\"127.0.0.77\"", "turn.min_port=50000", "turn.max_port=50001"]).await;
+    let mut a = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    let even = a
+        .request(turn_types::message::ALLOCATE, &|b, _| {
+            let _ = b.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
+            let _ = b.add_attribute(&EvenPort::new(true));
+        })
+        .await
+        .unwrap();
+    assert_eq!(even.code, 0);
+    assert_eq!(even.relayed().unwrap(), "127.0.0.77:50000".parse().unwrap());
+    let token = stun_types::message::Message::from_bytes(&even.bytes)
+        .unwrap()
+        .attribute::<ReservationToken>()
+        .expect("EVEN-PORT with R answers a RESERVATION-TOKEN")
+        .token();
+
+    let mut b = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
+    assert_eq!(b.allocate().await.unwrap().code, 508, "50000 in use, 50001 reserved");
+
+    let mut c = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
+    let claimed = c
+        .request(turn_types::message::ALLOCATE, &|m, _| {
+            let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
+            let _ = m.add_attribute(&ReservationToken::new(token));
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.code, 0);
+    assert_eq!(claimed.relayed().unwrap(), "127.0.0.77:50001".parse().unwrap());
+    let mut d = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
+    let reused = d
+        .request(turn_types::message::ALLOCATE, &|m, _| {
+            let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
+            let _ = m.add_attribute(&ReservationToken::new(token));
+        })
+        .await
+        .unwrap();
+    assert_ne!(reused.code, 0, "a token is good once");
+
+    assert_eq!(a.refresh(0).await.unwrap().code, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = b.allocate().await.unwrap();
+    assert_eq!(again.code, 0, "the deleted allocation's port is free again");
+    assert_eq!(again.relayed().unwrap(), "127.0.0.77:50000".parse().unwrap());
+    // The node kept serving throughout.
+    assert_eq!(TurnClient::udp(n.turn, "", "").await.unwrap().binding().await.unwrap().code, 0);
 }
