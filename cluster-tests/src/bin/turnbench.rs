@@ -26,7 +26,7 @@ struct Args {
     /// Payload bytes.
     #[arg(long, default_value_t = 120)]
     length: usize,
-    /// Only these loads: stable, fixed, saturating, send.
+    /// Only the loads whose names start with one of these: stable, fixed, saturating, send.
     #[arg(long)]
     only: Vec<String>,
     /// Instead of the loads: hold this many idle allocations on Switchboard and report the
@@ -72,8 +72,9 @@ fn wait_port(port: u16) {
     }
 }
 
-fn start_coturn(port: u16) -> Result<Server> {
+fn start_coturn(port: u16, threads: Option<usize>) -> Result<Server> {
     let child = Command::new("turnserver")
+        .args(threads.map(|t| format!("--relay-threads={t}")))
         .args([
             "-n",
             "--listening-ip=127.0.0.1",
@@ -99,9 +100,10 @@ fn start_coturn(port: u16) -> Result<Server> {
     Ok(Server { name: "coturn", child, port })
 }
 
-fn start_switchboard(bin: &str, port: u16, http: u16) -> Result<Server> {
+fn start_switchboard(bin: &str, port: u16, http: u16, threads: Option<usize>) -> Result<Server> {
     let child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{http}")])
+        .args(threads.into_iter().flat_map(|t| ["--set".to_string(), format!("turn.threads={t}")]))
         .args(["--set", &format!("turn.listen=[\"127.0.0.1:{port}\"]")])
         .args(["--set", "turn.users=[\"test:test\"]"])
         .args(["--set", "turn.allow_peers=[\"127.0.0.0/8\"]"])
@@ -269,11 +271,17 @@ fn main() -> Result<()> {
         .spawn()
         .context("turnutils_peer")?;
     std::thread::sleep(Duration::from_millis(300));
-    let loads: Vec<(&str, Vec<&str>, usize, u64, usize)> = vec![
-        ("stable -m 10 -z 0", vec![], 10, 0, 1),
-        ("fixed 50 k/s -m 50 -z 1", vec![], 50, 1, 1),
-        ("send indications -m 10 -z 0 -s", vec!["-s"], 10, 0, 1),
-        ("saturating -m 20 -z 0", vec![], 20, 0, a.saturating_runs),
+    // (name, uclient flags, sessions, interval, repeats, relay threads of both servers). By
+    // default each server runs its own default (coturn: 2 relay threads; Switchboard: one shard
+    // per core). The "1 relay thread each" rows leave the second core to the uclient and the
+    // peer, which share this machine with the server.
+    let loads: Vec<(&str, Vec<&str>, usize, u64, usize, Option<usize>)> = vec![
+        ("stable -m 10 -z 0", vec![], 10, 0, 1, None),
+        ("fixed 50 k/s -m 50 -z 1", vec![], 50, 1, 1, None),
+        ("send indications -m 10 -z 0 -s", vec!["-s"], 10, 0, 1, None),
+        ("saturating -m 20 -z 0", vec![], 20, 0, a.saturating_runs, None),
+        ("stable, 1 relay thread each", vec![], 10, 0, 1, Some(1)),
+        ("fixed 50 k/s, 1 relay thread each", vec![], 50, 1, 1, Some(1)),
     ];
     println!("# TURN relay, coturn (Debian {}) vs Switchboard, loopback, {} B payload, same uclient loads back to back",
         coturn_version(), a.length);
@@ -281,7 +289,7 @@ fn main() -> Result<()> {
     println!();
     println!("| load | server | msgs/s | loss | CPU s / 100 k dgrams | µs / dgram | RSS | rate ratio | CPU ratio |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, flags, sessions, z, repeats) in loads {
+    for (name, flags, sessions, z, repeats, threads) in loads {
         if !a.only.is_empty() && !a.only.iter().any(|o| name.starts_with(o.as_str())) {
             continue;
         }
@@ -290,9 +298,9 @@ fn main() -> Result<()> {
             let mut ms = Vec::new();
             for _ in 0..repeats {
                 let server = if which == "coturn" {
-                    start_coturn(free_port())?
+                    start_coturn(free_port(), threads)?
                 } else {
-                    start_switchboard(&a.switchboard, free_port(), free_port())?
+                    start_switchboard(&a.switchboard, free_port(), free_port(), threads)?
                 };
                 std::thread::sleep(Duration::from_millis(300));
                 match run(&server, peer_port, &flags, sessions, z, a.seconds, a.length) {
