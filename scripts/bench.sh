@@ -109,7 +109,9 @@ cluster() {
   target/release/clusterbench joins --duration "$DURATION"
   echo
   echo "## signaling messages, each room's two clients on two nodes vs on one (${DURATION}s)"
-  target/release/clusterbench messages --rooms 100 --duration "$DURATION"
+  # Closed loop: latency follows throughput, so a sweep shows both the light-load path latency
+  # and the CPU-bound plateau.
+  target/release/clusterbench messages --rooms 10 --rooms 60 --rooms 100 --duration "$DURATION"
   echo
   echo "## failover"
   target/release/clusterbench failover --rounds "${ROUNDS:-5}"
