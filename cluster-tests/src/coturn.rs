@@ -90,6 +90,16 @@ pub fn uclient(args: &[&str], timeout: Duration) -> Run {
 }
 
 /// Runs `turnutils_stunclient` against `host` on `port`; its output.
+/// Runs `turnutils_natdiscovery` (RFC 5780 mapping and filtering discovery) against
+/// `127.0.0.1:port`: exit code and output.
+pub fn natdiscovery(port: u16) -> (Option<i32>, String) {
+    let out = Command::new("timeout")
+        .args(["20", "turnutils_natdiscovery", "-m", "-f", "-p", &port.to_string(), "127.0.0.1"])
+        .output()
+        .expect("turnutils_natdiscovery must be installed");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 pub fn stunclient(host: &str, port: u16) -> (Option<i32>, String) {
     let out = Command::new("timeout")
         .args(["10", "turnutils_stunclient", "-p", &port.to_string(), host])

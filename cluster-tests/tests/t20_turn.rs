@@ -1,12 +1,12 @@
 //! The STUN/TURN server against coturn's own clients, over real sockets: `turnutils_stunclient`
 //! over IPv4 and IPv6; `turnutils_uclient` through `turnutils_peer` with REST and static
 //! credentials, over UDP, TCP and TLS, with channels and Send indications, client-to-client,
-//! RFC 6062 TCP relays and IPv6 relays — every run must end with rc 0 and zero loss — and wrong
-//! credentials ending in rc 255.
+//! RFC 6062 TCP relays and IPv6 relays — every run must end with rc 0 and zero loss — wrong
+//! credentials ending in rc 255, and RFC 5780 NAT discovery with `turnutils_natdiscovery`.
 
 use std::time::Duration;
 
-use cluster_tests::coturn::{free_dual_port, stunclient, uclient, Peer, Run};
+use cluster_tests::coturn::{free_dual_port, natdiscovery, stunclient, uclient, Peer, Run};
 use cluster_tests::{NodeProcess, NodeSpec};
 
 const SECRET: &str = "test-turn-secret";
@@ -79,6 +79,36 @@ fn t20_stun_binding_ipv4_and_ipv6() {
         assert_eq!(code, Some(0), "{out}");
         assert!(out.contains("reflexive addr"), "{host}: {out}");
     }
+}
+
+/// RFC 5780 with coturn's `turnutils_natdiscovery`: off by default (CHANGE-REQUEST gets 420,
+/// so the tool learns no other address); with `turn.alternate_ip` the node answers from both
+/// IPs and both ports and loopback shows as endpoint-independent mapping and filtering.
+#[test]
+fn t20_nat_discovery_rfc5780() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let off = rt.block_on(turn_node(&[]));
+    let (_, out) = natdiscovery(off.port);
+    assert!(!out.contains("Other addr"), "RFC 5780 must be off by default: {out}");
+    assert!(!out.contains("Endpoint Independent Filtering"), "{out}");
+
+    let ips = [std::net::Ipv4Addr::new(127, 0, 0, 1), std::net::Ipv4Addr::new(127, 0, 0, 2)];
+    let p1 = cluster_tests::free_port(&ips);
+    let mut p2 = cluster_tests::free_port(&ips);
+    while p2 == p1 {
+        p2 = cluster_tests::free_port(&ips);
+    }
+    let spec = NodeSpec::single()
+        .set(&format!("turn.listen=[\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"]"))
+        .set("turn.alternate_ip=\"127.0.0.2\"");
+    let _node = rt.block_on(NodeProcess::start(spec)).unwrap();
+    let (code, out) = natdiscovery(p1);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("Other addr: : 127.0.0.2:{p2}")), "{out}");
+    assert!(out.contains(&format!("Response origin: : 127.0.0.2:{p1}")), "changed IP: {out}");
+    assert!(out.contains(&format!("Response origin: : 127.0.0.2:{p2}")), "changed IP and port: {out}");
+    assert!(out.contains("Endpoint Independent Mapping"), "{out}");
+    assert!(out.contains("Endpoint Independent Filtering"), "{out}");
 }
 
 #[tokio::test]

@@ -187,6 +187,24 @@ pub struct TurnSection {
     pub tcp_relay: bool,
     /// Socket buffer size for listeners (bytes).
     pub socket_buffer: usize,
+    /// RFC 5780 NAT behaviour discovery: the node's second IP (the first is the first
+    /// `listen` address's). Empty: off. When set, STUN listens on both IPs × both ports.
+    pub alternate_ip: String,
+}
+
+impl TurnSection {
+    /// The RFC 5780 addresses, when `alternate_ip` is set: the first listener's IP and port,
+    /// the alternate IP, and the port of another listener on the first IP (or the next port).
+    pub fn nat_discovery(&self) -> Option<switchboard_proto::turn::server::NatDiscovery> {
+        let alt: std::net::IpAddr = self.alternate_ip.parse().ok()?;
+        let first = *self.listen.first()?;
+        let alt_port = self
+            .listen
+            .iter()
+            .find(|a| a.ip() == first.ip() && a.port() != first.port())
+            .map_or(first.port().checked_add(1)?, |a| a.port());
+        Some(switchboard_proto::turn::server::NatDiscovery { ips: [first.ip(), alt], ports: [first.port(), alt_port] })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,10 +296,18 @@ impl Config {
             let path: Vec<String> = k.split('.').map(str::to_owned).collect();
             set_path(&mut table, &path, v).with_context(|| format!("--set {kv}"))?;
         }
-        let config: Config = toml::Value::Table(table)
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
+        // RFC 5780 answers from all four address/port pairs, so all four are listeners.
+        if let Some(nd) = config.turn.nat_discovery() {
+            for a in nd.addresses() {
+                if !config.turn.listen.contains(&a) {
+                    config.turn.listen.push(a);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -354,6 +380,19 @@ impl Config {
             }
             if t.default_lifetime == 0 || t.default_lifetime > t.max_lifetime {
                 bail!("turn.default_lifetime must be between 1 and turn.max_lifetime");
+            }
+            if !t.alternate_ip.is_empty() {
+                let alt: std::net::IpAddr =
+                    t.alternate_ip.parse().with_context(|| format!("turn.alternate_ip {:?}", t.alternate_ip))?;
+                let Some(first) = t.listen.first() else { bail!("turn.alternate_ip needs a turn.listen address") };
+                if first.ip().is_unspecified() || first.ip() == alt || first.is_ipv4() != alt.is_ipv4() {
+                    bail!(
+                        "turn.alternate_ip (RFC 5780) needs the first turn.listen address to be a specific IP of the same family, other than {alt}"
+                    );
+                }
+                if t.nat_discovery().is_none() {
+                    bail!("turn.alternate_ip: no alternate port next to {first}");
+                }
             }
         }
         if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_empty() {
@@ -456,5 +495,20 @@ mod tests {
         assert!(format!("{e:#}").contains("tls_key"), "{e:#}");
         let e = Config::load_from(&cli(&["--config", "/nonexistent.toml"]), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+
+    #[test]
+    fn rfc5780_listens_on_both_ips_and_ports() {
+        let c = Config::load_from(&cli(&["--set", "turn.alternate_ip=\"127.0.0.2\""]), &[]).unwrap();
+        let nd = c.turn.nat_discovery().unwrap();
+        assert_eq!(nd.ports, [3478, 3479]);
+        for a in nd.addresses() {
+            assert!(c.turn.listen.contains(&a), "{a} missing from {:?}", c.turn.listen);
+        }
+        assert!(Config::load_from(&cli(&[]), &[]).unwrap().turn.nat_discovery().is_none(), "off by default");
+        let e = Config::load_from(&cli(&["--set", "turn.alternate_ip=\"127.0.0.1\""]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("RFC 5780"), "{e:#}");
+        let e = Config::load_from(&cli(&["--set", "turn.alternate_ip=\"::2\""]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("same family"), "{e:#}");
     }
 }

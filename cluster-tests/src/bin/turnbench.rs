@@ -275,7 +275,8 @@ fn main() -> Result<()> {
     // default each server runs its own default (coturn: 2 relay threads; Switchboard: one shard
     // per core). The "1 relay thread each" rows leave the second core to the uclient and the
     // peer, which share this machine with the server.
-    let loads: Vec<(&str, Vec<&str>, usize, u64, usize, Option<usize>)> = vec![
+    type Load<'a> = (&'a str, Vec<&'a str>, usize, u64, usize, Option<usize>);
+    let loads: Vec<Load> = vec![
         ("stable -m 10 -z 0", vec![], 10, 0, 1, None),
         ("fixed 50 k/s -m 50 -z 1", vec![], 50, 1, 1, None),
         ("send indications -m 10 -z 0 -s", vec!["-s"], 10, 0, 1, None),

@@ -163,6 +163,7 @@ impl TurnService {
             tcp_relay: t.tcp_relay,
             relay_v4: true,
             relay_v6: relay_v6.is_some(),
+            nat_discovery: t.nat_discovery(),
         };
         let mut users = UserDb { separator: ':', ..Default::default() };
         users.rest_secrets.push(secret.as_bytes().to_vec());

@@ -369,7 +369,8 @@ impl Conn {
                     None => self.out.extend_from_slice(&shared.server.connection_bind_failed(frame)),
                 }
             }
-            Handled::Ignore => {}
+            // CHANGE-REQUEST is refused over TCP (400) before it could come to this.
+            Handled::Ignore | Handled::ReplyFrom { .. } => {}
         }
         Next::Go
     }

@@ -364,6 +364,18 @@ impl Shard {
         let handled = self.shared.server.handle(alloc, &*self.shared.quotas, &self.limiter, &ctx, data);
         match handled {
             Handled::Reply(r) => self.listeners[li].tx.push(from, &r),
+            Handled::ReplyFrom { from: local, bytes } => {
+                // RFC 5780: the listeners include every address the server may answer from.
+                // Rare (NAT discovery), so it leaves at once rather than through a batch.
+                match self.listeners.iter().find(|l| l.local == local) {
+                    Some(l) => {
+                        if let Err(e) = l.sock.send_to(&bytes, from) {
+                            debug!(%local, error = %e, "cannot answer a CHANGE-REQUEST");
+                        }
+                    }
+                    None => debug!(%local, "no listener to answer a CHANGE-REQUEST from"),
+                }
+            }
             Handled::ToPeer { peer, data } => {
                 if let Some(slot) = slot {
                     let r = &mut self.relays[slot];

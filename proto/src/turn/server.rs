@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use stun_types::attribute::{
-    ErrorCode, MessageIntegrity, MessageIntegritySha256, Nonce, Realm, Software, UnknownAttributes,
+    AttributeType, ErrorCode, MappedSocketAddr, MessageIntegrity, MessageIntegritySha256, Nonce, Realm, Software, UnknownAttributes,
     Username, XorMappedAddress,
 };
 use stun_types::message::{
@@ -56,7 +56,43 @@ pub struct TurnConfig {
     pub relay_v4: bool,
     /// Whether an IPv6 relay address exists.
     pub relay_v6: bool,
+    /// RFC 5780 NAT behaviour discovery, off unless configured (it helps map NATs and needs
+    /// two addresses of the server).
+    pub nat_discovery: Option<NatDiscovery>,
 }
+
+/// The two IPs and two ports of RFC 5780: the server listens on all four combinations and
+/// answers a CHANGE-REQUEST from the one the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatDiscovery {
+    /// Primary and alternate IP.
+    pub ips: [IpAddr; 2],
+    /// Primary and alternate port.
+    pub ports: [u16; 2],
+}
+
+impl NatDiscovery {
+    /// The address the client learns as OTHER-ADDRESS when it talks to `local`: the other IP
+    /// and the other port.
+    pub fn other(&self, local: SocketAddr) -> SocketAddr {
+        let ip = if local.ip() == self.ips[0] { self.ips[1] } else { self.ips[0] };
+        let port = if local.port() == self.ports[0] { self.ports[1] } else { self.ports[0] };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Every address the server must listen on.
+    pub fn addresses(&self) -> [SocketAddr; 4] {
+        let [a, b] = self.ips;
+        let [p, q] = self.ports;
+        [SocketAddr::new(a, p), SocketAddr::new(a, q), SocketAddr::new(b, p), SocketAddr::new(b, q)]
+    }
+}
+
+/// CHANGE-REQUEST (RFC 5780 §7.2).
+const CHANGE_REQUEST: u16 = 0x0003;
+/// RESPONSE-ORIGIN and OTHER-ADDRESS (RFC 5780 §7.3, §7.4).
+const RESPONSE_ORIGIN: u16 = 0x802B;
+const OTHER_ADDRESS: u16 = 0x802C;
 
 impl Default for TurnConfig {
     fn default() -> Self {
@@ -74,6 +110,7 @@ impl Default for TurnConfig {
             tcp_relay: true,
             relay_v4: true,
             relay_v6: false,
+            nat_discovery: None,
         }
     }
 }
@@ -145,6 +182,9 @@ pub struct ConnectRequest {
 pub enum Handled<'a> {
     /// Send this back to the client.
     Reply(Vec<u8>),
+    /// Send this back to the client from another of the server's addresses (RFC 5780
+    /// CHANGE-REQUEST; UDP only).
+    ReplyFrom { from: SocketAddr, bytes: Vec<u8> },
     /// Nothing to send (responses, unknown indications, data without permission).
     Ignore,
     /// Nothing to send, and count it against the source's failed authentications.
@@ -333,10 +373,11 @@ impl TurnServer {
         ctx: &Ctx,
         msg: &Message<'_>,
     ) -> Handled<'a> {
+        let nat_discovery = self.cfg.nat_discovery;
         let unknown: Vec<_> = msg
             .iter_attributes()
             .map(|(_, a)| a.get_type())
-            .filter(|t| !known_attribute(t.value()))
+            .filter(|t| !(known_attribute(t.value()) || (t.value() == CHANGE_REQUEST && nat_discovery.is_some())))
             .collect();
         if !unknown.is_empty() {
             let mut b = Message::builder(reply_type(msg, MessageClass::Error), msg.transaction_id(), MessageWriteVec::new());
@@ -347,9 +388,14 @@ impl TurnServer {
             return Handled::Reply(self.finish(b, None));
         }
         if msg.has_method(BINDING) {
-            let mut b = Message::builder_success(msg, MessageWriteVec::new());
-            let _ = b.add_attribute(&XorMappedAddress::new(ctx.client, msg.transaction_id()));
-            return Handled::Reply(self.finish(b, None));
+            return match nat_discovery {
+                Some(nd) => self.binding_5780(msg, ctx, nd),
+                None => {
+                    let mut b = Message::builder_success(msg, MessageWriteVec::new());
+                    let _ = b.add_attribute(&XorMappedAddress::new(ctx.client, msg.transaction_id()));
+                    Handled::Reply(self.finish(b, None))
+                }
+            };
         }
         let known_method = [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND, CONNECT, CONNECTION_BIND]
             .iter()
@@ -485,6 +531,39 @@ impl TurnServer {
             even_port,
             reservation,
         })
+    }
+
+    /// Binding with RFC 5780: OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST answered
+    /// from the other IP and/or port. Over TCP and TLS a CHANGE-REQUEST cannot be honoured
+    /// (the connection fixes the address): 400.
+    fn binding_5780<'a>(&self, msg: &Message<'_>, ctx: &Ctx, nd: NatDiscovery) -> Handled<'a> {
+        let (mut change_ip, mut change_port) = (false, false);
+        if let Some(raw) = msg.raw_attribute(AttributeType::new(CHANGE_REQUEST)) {
+            let flags = match &raw.value[..] {
+                [_, _, _, f] => *f,
+                _ => return Handled::Reply(self.error(msg, ErrorCode::BAD_REQUEST, None)),
+            };
+            if ctx.transport != ClientTransport::Udp {
+                return Handled::Reply(self.error(msg, ErrorCode::BAD_REQUEST, None));
+            }
+            change_ip = flags & 0x04 != 0;
+            change_port = flags & 0x02 != 0;
+        }
+        let other = nd.other(ctx.server);
+        let from = SocketAddr::new(
+            if change_ip { other.ip() } else { ctx.server.ip() },
+            if change_port { other.port() } else { ctx.server.port() },
+        );
+        let mut b = Message::builder_success(msg, MessageWriteVec::new());
+        let _ = b.add_attribute(&XorMappedAddress::new(ctx.client, msg.transaction_id()));
+        let _ = b.add_attribute(&MappedSocketAddr::new(from).to_raw(AttributeType::new(RESPONSE_ORIGIN)));
+        let _ = b.add_attribute(&MappedSocketAddr::new(other).to_raw(AttributeType::new(OTHER_ADDRESS)));
+        let bytes = self.finish(b, None);
+        if from == ctx.server {
+            Handled::Reply(bytes)
+        } else {
+            Handled::ReplyFrom { from, bytes }
+        }
     }
 
     fn allocate_success(

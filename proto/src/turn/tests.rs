@@ -484,3 +484,71 @@ fn malformed_and_unknown() {
     }
     let _ = MessageIntegrity::TYPE;
 }
+
+fn binding_with_change(flags: Option<u8>) -> Vec<u8> {
+    let b = Message::builder_request(BINDING, MessageWriteVec::new());
+    let mut bytes = b.finish();
+    if let Some(f) = flags {
+        bytes.extend_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, f]);
+        let len = (bytes.len() - 20) as u16;
+        bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    }
+    bytes
+}
+
+fn mapped_attr(bytes: &[u8], t: u16) -> Option<SocketAddr> {
+    let m = Message::from_bytes(bytes).unwrap();
+    let raw = m.raw_attribute(stun_types::attribute::AttributeType::new(t))?;
+    stun_types::attribute::MappedSocketAddr::from_raw(&raw).ok().map(|a| a.addr())
+}
+
+/// RFC 5780 is off by default (CHANGE-REQUEST is an unknown attribute: 420, and a Binding has
+/// no OTHER-ADDRESS); when configured, Binding carries OTHER-ADDRESS and RESPONSE-ORIGIN and a
+/// CHANGE-REQUEST is answered from the other IP and/or port, never over TCP.
+#[test]
+fn nat_discovery_rfc5780() {
+    let limiter = FailureLimiter::new(10, 60, 100);
+    let off = server(false);
+    assert_eq!(error_code(&reply(off.handle(None, &Open, &limiter, &ctx(NOW), &binding_with_change(Some(0x06))))), Some(420));
+    let plain = reply(off.handle(None, &Open, &limiter, &ctx(NOW), &binding_with_change(None)));
+    assert_eq!(mapped_attr(&plain, 0x802C), None, "no OTHER-ADDRESS unless enabled");
+
+    let mut on = server(false);
+    on.cfg.nat_discovery = Some(super::server::NatDiscovery {
+        ips: ["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+        ports: [3478, 3479],
+    });
+    let primary: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+    let cases: [(Option<u8>, &str); 5] = [
+        (None, "127.0.0.1:3478"),
+        (Some(0x00), "127.0.0.1:3478"),
+        (Some(0x02), "127.0.0.1:3479"),
+        (Some(0x04), "127.0.0.2:3478"),
+        (Some(0x06), "127.0.0.2:3479"),
+    ];
+    for (flags, want) in cases {
+        let want: SocketAddr = want.parse().unwrap();
+        let (from, bytes) = match on.handle(None, &Open, &limiter, &ctx(NOW), &binding_with_change(flags)) {
+            Handled::Reply(b) => (primary, b),
+            Handled::ReplyFrom { from, bytes } => (from, bytes),
+            _ => panic!("no reply for {flags:?}"),
+        };
+        assert_eq!(from, want, "{flags:?}");
+        assert_eq!(error_code(&bytes), None);
+        assert_eq!(mapped_attr(&bytes, 0x802B), Some(want), "RESPONSE-ORIGIN for {flags:?}");
+        assert_eq!(mapped_attr(&bytes, 0x802C), Some("127.0.0.2:3479".parse().unwrap()), "OTHER-ADDRESS");
+    }
+    // Asked on the alternate address, OTHER-ADDRESS is the primary one.
+    let mut alt = ctx(NOW);
+    alt.server = "127.0.0.2:3479".parse().unwrap();
+    let r = reply(on.handle(None, &Open, &limiter, &alt, &binding_with_change(None)));
+    assert_eq!(mapped_attr(&r, 0x802C), Some(primary));
+    let mut tcp = ctx(NOW);
+    tcp.transport = ClientTransport::Tcp;
+    assert_eq!(error_code(&reply(on.handle(None, &Open, &limiter, &tcp, &binding_with_change(Some(0x04))))), Some(400));
+    let mut short = binding_with_change(None);
+    short.extend_from_slice(&[0x00, 0x03, 0x00, 0x02, 0, 4, 0, 0]);
+    let len = (short.len() - 20) as u16;
+    short[2..4].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(error_code(&reply(on.handle(None, &Open, &limiter, &ctx(NOW), &short))), Some(400), "a CHANGE-REQUEST of 2 bytes");
+}
