@@ -235,3 +235,25 @@ async fn t10_analytics_and_methods() {
     assert_eq!(http.get("/join/x").await.unwrap().status, 405);
     assert_eq!(http.get("/message/x/y").await.unwrap().status, 405);
 }
+
+/// The room-server API answers any origin (a page whose node died talks to the live nodes
+/// cross-origin), with a preflight for JSON bodies; the pages themselves stay same-origin.
+#[tokio::test]
+async fn t10_api_cross_origin() {
+    let (_n, http) = node().await;
+    let r = fresh_room("cors");
+    let joined = http.post(&format!("/join/{r}"), "").await.unwrap();
+    assert_eq!(joined.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"));
+    let client = serde_json::from_str::<Value>(&joined.body).unwrap()["params"]["client_id"].as_str().unwrap().to_owned();
+    for path in [format!("/message/{r}/{client}"), "/v1alpha/iceconfig".to_string(), format!("/leave/{r}/{client}")] {
+        let reply = http.post(&path, "{\"type\":\"x\"}").await.unwrap();
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"), "{path}");
+    }
+    let pre = http.request("OPTIONS", &format!("/join/{r}"), "").await.unwrap();
+    assert_eq!(pre.status, 204);
+    assert!(pre.headers.get("access-control-allow-methods").unwrap().to_str().unwrap().contains("POST"));
+    assert_eq!(pre.headers.get("access-control-allow-headers").map(|v| v.to_str().unwrap()), Some("content-type"));
+    let page = http.get(&format!("/r/{r}")).await.unwrap();
+    assert!(page.headers.get("access-control-allow-origin").is_none(), "pages are not for other origins");
+}

@@ -7,7 +7,9 @@ pub mod pages;
 pub mod room_api;
 pub mod tls;
 
-use actix_web::{web, HttpRequest};
+use actix_web::http::{header, Method};
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use switchboard_proto::apprtc::RequestInfo;
@@ -21,18 +23,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/js/{file}").route(web::get().to(pages::asset)))
         .service(web::resource("/css/{file}").route(web::get().to(pages::asset)))
         .service(web::resource("/favicon.ico").route(web::get().to(pages::favicon)))
-        .service(web::resource("/join/{room}").route(web::post().to(room_api::join)))
-        .service(web::resource("/message/{room}/{client}").route(web::post().to(room_api::message)))
-        .service(web::resource("/leave/{room}/{client}").route(web::post().to(room_api::leave)))
+        .service(api(web::resource("/join/{room}").route(web::post().to(room_api::join))))
+        .service(api(web::resource("/message/{room}/{client}").route(web::post().to(room_api::message))))
+        .service(api(web::resource("/leave/{room}/{client}").route(web::post().to(room_api::leave))))
         // AppRTC's old name for leave, which Collider still posts to.
-        .service(web::resource("/bye/{room}/{client}").route(web::post().to(room_api::leave)))
-        .service(web::resource("/params").route(web::get().to(room_api::params)))
-        .service(
-            web::resource("/v1alpha/iceconfig")
-                .route(web::post().to(room_api::iceconfig))
-                .route(web::get().to(room_api::iceconfig)),
-        )
-        .service(web::resource("/turn").route(web::get().to(room_api::turn_rest)))
+        .service(api(web::resource("/bye/{room}/{client}").route(web::post().to(room_api::leave))))
+        .service(api(web::resource("/params").route(web::get().to(room_api::params))))
+        .service(api(web::resource("/v1alpha/iceconfig")
+            .route(web::post().to(room_api::iceconfig))
+            .route(web::get().to(room_api::iceconfig))))
+        .service(api(web::resource("/turn").route(web::get().to(room_api::turn_rest))))
         .service(web::resource("/a/").route(web::post().to(room_api::analytics)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
@@ -42,6 +42,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/admin/cluster/nodes").route(web::post().to(admin::add_node)))
         .service(web::resource("/admin/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)));
     signaling_routes(cfg);
+}
+
+/// A room-server API resource that any origin may call. In a cluster a page goes on talking to
+/// the live nodes after the node it came from died, so its requests are cross-origin; these
+/// endpoints use no cookies or other ambient authority, so `*` gives nothing away.
+fn api(resource: actix_web::Resource) -> impl actix_web::dev::HttpServiceFactory {
+    resource
+        .route(web::method(Method::OPTIONS).to(preflight))
+        .wrap(DefaultHeaders::new().add((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")))
+}
+
+/// CORS preflight of a room-server API call (a JSON body makes the browser ask first).
+async fn preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
+        .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"))
+        .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+        .finish()
 }
 
 /// Collider's routes alone, for the optional separate signaling listener.
