@@ -133,6 +133,40 @@ async fn t52_client_node_killed() {
     assert_eq!(c.http(2).join(&r).await.unwrap()["result"], "FULL");
 }
 
+/// Messages the peer sends in the moments after the node holding a client's socket died —
+/// forwarded towards the dead node before the cluster declares it down — are not lost: they
+/// reach the client, in order, once it registers on another node.
+#[tokio::test]
+async fn t52_messages_towards_a_dead_node_arrive_after_reregistering() {
+    let mut c = Cluster::start(opts()).await.unwrap();
+    let r = fresh_room("inflight");
+    let (c1, _, _) = c.http(1).join_ok(&r).await.unwrap();
+    let (c2, _, _) = c.http(2).join_ok(&r).await.unwrap();
+    let (_w1, mut w2) = pair(&c, &r, (&c1, 1), (&c2, 2)).await;
+    c.kill(1);
+    // Node 1 is not declared down for another ~0.6 s: these go towards it.
+    w2.send_msg("in-flight-1").await.unwrap();
+    w2.send_msg("in-flight-2").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    'retry: while got.len() < 2 {
+        assert!(Instant::now() < deadline, "messages sent while the node died never arrived: {got:?}");
+        let mut w1 = WsClient::connect(&c.ws_url(3)).await.unwrap();
+        w1.register(&r, &c1).await.unwrap();
+        while got.len() < 2 {
+            match w1.recv(Duration::from_secs(2)).await {
+                Some(WsEvent::Frame { msg, error, .. }) if error.is_empty() => got.push(msg),
+                // Refused while the old registration still stands (node 1 not yet down).
+                Some(_) | None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'retry;
+                }
+            }
+        }
+    }
+    assert_eq!(got, ["in-flight-1", "in-flight-2"]);
+}
+
 /// A member whose node died and who never comes back is evicted after the grace; the other
 /// member receives the `bye` a leaving client would have sent and becomes the initiator.
 #[tokio::test]

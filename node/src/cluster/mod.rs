@@ -14,7 +14,7 @@ pub mod peer_link;
 pub mod state_machine;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use switchboard_proto::cluster::{ClusterCommand, ClusterState, Reply, Request};
-use switchboard_proto::rooms::{Limits, NodeId, Outcome};
+use switchboard_proto::rooms::{Command, Limits, NodeId, Outcome};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -330,6 +330,7 @@ impl Cluster {
         actix::spawn(async move {
             let mut was_up_here = true;
             let mut leader = None;
+            let mut down: BTreeSet<NodeId> = BTreeSet::new();
             loop {
                 let m = rx.borrow_and_update().clone();
                 if m.current_leader != leader {
@@ -352,8 +353,40 @@ impl Cluster {
                     was_up_here = up_here;
                     registry.do_send(RebindAll);
                 }
+                // A node declared down: what was forwarded to it and never acknowledged goes
+                // again through the log, which now queues it for the client's next registration.
+                let now_down: BTreeSet<NodeId> = {
+                    let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                    state.nodes().iter().filter(|(id, s)| **id != self.id && !s.up).map(|(id, _)| *id).collect()
+                };
+                for node in now_down.difference(&down) {
+                    self.clone().resend_unacknowledged(*node);
+                }
+                down = now_down;
                 if rx.changed().await.is_err() {
                     return;
+                }
+            }
+        });
+    }
+
+    /// Sends again, through the log, the messages forwarded to `node` that it never
+    /// acknowledged (in their order), so that a client whose node died gets them once it
+    /// registers elsewhere.
+    fn resend_unacknowledged(self: Arc<Self>, node: NodeId) {
+        actix::spawn(async move {
+            let unacked = self.links.reclaim(node).await;
+            if unacked.is_empty() {
+                return;
+            }
+            let count: usize = unacked.iter().map(|u| u.messages.len()).sum();
+            info!(node, messages = count, "sending again what the lost node never acknowledged");
+            for u in unacked {
+                for body in u.messages {
+                    let cmd = Command::Send { room: u.room.clone(), client: u.from.clone(), body, now_ms: now_ms() };
+                    if let Err(e) = self.propose(ClusterCommand::Room(cmd)).await {
+                        warn!(node, room = %u.room, error = %e, "could not send a lost node's message again");
+                    }
                 }
             }
         });

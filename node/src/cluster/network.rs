@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::cluster::{RaftRpc, Reply, Request};
 use switchboard_proto::rooms::{NodeId, SessionId};
 
-use super::peer_link::{Call, Forward, HealthTable, LinkError, LinkHealth, PeerLink};
+use super::peer_link::{Call, Forward, HealthTable, LinkError, LinkHealth, PeerLink, Reclaim, Unacked};
 use super::types::{PeerInfo, TypeConfig};
 
 /// This node's links to every other member, created as members appear.
@@ -92,14 +92,22 @@ impl PeerLinks {
         link.send(Call { body, timeout }).await.unwrap_or(Err(LinkError::Unreachable(node)))
     }
 
-    /// Forwards signaling messages to a session on `node`.
-    pub fn forward(&self, node: NodeId, room: String, session: SessionId, messages: Vec<String>) -> bool {
+    /// Forwards signaling messages from client `from` to a session on `node`.
+    pub fn forward(&self, node: NodeId, room: String, from: String, session: SessionId, messages: Vec<String>) -> bool {
         match self.link(node, None) {
             Some(l) => {
-                l.do_send(Forward { room, session, messages });
+                l.do_send(Forward { room, from, session, messages });
                 true
             }
             None => false,
+        }
+    }
+
+    /// Takes back what was forwarded to `node` and never acknowledged.
+    pub async fn reclaim(&self, node: NodeId) -> Vec<Unacked> {
+        match self.link(node, None) {
+            Some(l) => l.send(Reclaim).await.unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 

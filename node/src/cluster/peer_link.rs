@@ -55,7 +55,23 @@ pub struct Call {
 #[rtype(result = "()")]
 pub struct Forward {
     pub room: String,
+    /// The sending client, so that undelivered messages can be sent again another way.
+    pub from: String,
     pub session: SessionId,
+    pub messages: Vec<String>,
+}
+
+/// Forwarded messages the peer never acknowledged, handed back because the peer was declared
+/// down: its clients will register elsewhere, so the messages must reach them another way.
+#[derive(Message)]
+#[rtype(result = "Vec<Unacked>")]
+pub struct Reclaim;
+
+/// One forward the peer did not acknowledge.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    pub room: String,
+    pub from: String,
     pub messages: Vec<String>,
 }
 
@@ -106,7 +122,7 @@ pub struct PeerLink {
     tx: Option<mpsc::Sender<Vec<u8>>>,
     pending: HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>,
     next_id: u64,
-    unacked: VecDeque<(u64, Vec<u8>)>,
+    unacked: VecDeque<(u64, Vec<u8>, Unacked)>,
     next_seq: u64,
     last_heard: Instant,
     ping_sent: Option<(u64, Instant)>,
@@ -293,7 +309,7 @@ impl Handler<Connected> for PeerLink {
         self.backoff = BACKOFF_MIN;
         self.set_health(true, None);
         // Whatever was not acknowledged goes again; the peer drops what it already has.
-        let resend: Vec<Vec<u8>> = self.unacked.iter().map(|(_, f)| f.clone()).collect();
+        let resend: Vec<Vec<u8>> = self.unacked.iter().map(|(_, f, _)| f.clone()).collect();
         if let Some(tx) = &self.tx {
             for f in resend {
                 let _ = tx.try_send(f);
@@ -327,7 +343,7 @@ impl Handler<Incoming> for PeerLink {
                 }
             }
             Frame::Ack { seq } => {
-                while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+                while self.unacked.front().is_some_and(|(s, _, _)| *s <= seq) {
                     self.unacked.pop_front();
                 }
             }
@@ -372,6 +388,7 @@ impl Handler<Forward> for PeerLink {
     fn handle(&mut self, msg: Forward, _: &mut Context<Self>) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let kept = Unacked { room: msg.room.clone(), from: msg.from, messages: msg.messages.clone() };
         let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages };
         let Ok(bytes) = cluster::encode(&frame) else { return };
         if self.unacked.len() >= FORWARD_BUFFER {
@@ -381,7 +398,16 @@ impl Handler<Forward> for PeerLink {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(bytes.clone());
         }
-        self.unacked.push_back((seq, bytes));
+        self.unacked.push_back((seq, bytes, kept));
         metrics::counter!("switchboard_forwarded_total").increment(1);
+    }
+}
+
+impl Handler<Reclaim> for PeerLink {
+    type Result = MessageResult<Reclaim>;
+
+    fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) -> Self::Result {
+        // Taken, not copied: if the peer comes back, it must not get them a second time.
+        MessageResult(self.unacked.drain(..).map(|(_, _, u)| u).collect())
     }
 }

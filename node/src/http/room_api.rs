@@ -95,7 +95,7 @@ pub async fn message(
     };
     if let Route::Direct(at) = node.membership.read(|r| r.message_route(&room, &client)) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(&room, at, msg);
+        node.deliver(&room, &client, at, msg);
         return result(ResultCode::Success);
     }
     let cmd = Command::Message { room: room.clone(), client: client.clone(), body: msg, now_ms: now_ms() };

@@ -209,7 +209,7 @@ impl Handler<Relay> for RoomActor {
             }
             if at.node != self.membership.node_id() {
                 if let Some(c) = self.membership.as_cluster() {
-                    if c.links.forward(at.node, self.name.clone(), at.session, vec![msg.msg.clone()]) {
+                    if c.links.forward(at.node, self.name.clone(), client.clone(), at.session, vec![msg.msg.clone()]) {
                         metrics::counter!("switchboard_messages_total", "path" => "forwarded").increment(1);
                         return;
                     }

@@ -82,7 +82,7 @@ pub async fn collider_handler(
 pub async fn send(node: &Node, room: &str, client: &str, msg: String) -> Result<(), String> {
     if let Route::Direct(at) = node.membership.read(|r| r.collider_route(room, client)) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(room, at, msg);
+        node.deliver(room, client, at, msg);
         return Ok(());
     }
     metrics::counter!("switchboard_messages_total", "path" => "log").increment(1);
