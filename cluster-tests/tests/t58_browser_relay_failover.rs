@@ -73,6 +73,11 @@ async fn t58_browser_relay_failover() {
         let s = p.wait_frames(frames, CONNECT).await.unwrap_or_else(|e| panic!("page {name}: {e:#}"));
         eprintln!("page {name}: video through node {}'s relay {:?} after node {victim} was killed", relay_node(&s), killed.elapsed());
     }
+    if std::env::var_os("SHOW_PAGE_LOG").is_some() {
+        for p in [&a, &b] {
+            eprintln!("{}", p.eval("window.switchboard.log.join('\\n')").await.unwrap().as_str().unwrap_or_default());
+        }
+    }
     a.quit().await;
     b.quit().await;
 }

@@ -440,6 +440,14 @@ impl Cluster {
         });
     }
 
+    /// How long a client re-registering elsewhere may wait for its old node, unreachable from
+    /// here, to be declared down (which releases the old registration): detection, plus an
+    /// election should the lost node have led, plus a margin.
+    pub fn takeover_wait(&self, holder: NodeId) -> Option<Duration> {
+        let reachable = holder == self.id || self.links.health(holder).is_some_and(|h| h.up);
+        (!reachable).then(|| Duration::from_millis(self.cfg.node_down_after_ms + 2 * self.cfg.election_timeout_ms + 1000))
+    }
+
     /// TURN nodes for a client, best first: live (this node, or one whose link is up), least
     /// loaded.
     pub fn turn_placement(&self) -> Vec<(NodeId, Vec<String>)> {

@@ -139,6 +139,7 @@ impl Handler<Attach> for RoomActor {
     fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
         // Known before the command applies, so the flush of queued messages finds the socket.
         self.sessions.insert(msg.session, Local { client: msg.client.clone(), to: msg.to });
+        let (room, client) = (self.name.clone(), msg.client.clone());
         let cmd = Command::Register {
             room: self.name.clone(),
             client: msg.client,
@@ -147,7 +148,7 @@ impl Handler<Attach> for RoomActor {
         };
         let membership = self.membership.clone();
         let session = msg.session;
-        Box::pin(async move { membership.propose(cmd).await }.into_actor(self).map(
+        Box::pin(async move { register_or_wait_for_takeover(&membership, cmd, &room, &client).await }.into_actor(self).map(
             move |res, act, _| {
                 let res = match res {
                     Ok(Outcome::Register(Ok(()))) => Ok(()),
@@ -165,6 +166,35 @@ impl Handler<Attach> for RoomActor {
                 res
             },
         ))
+    }
+}
+
+/// Registers; when the client is still registered on a node this one cannot reach (it died a
+/// moment ago and is not yet declared down), waits for the cluster to release that registration
+/// instead of refusing: AppRTC clients do not retry a `Duplicated registration`.
+async fn register_or_wait_for_takeover(
+    membership: &Membership,
+    cmd: Command,
+    room: &str,
+    client: &str,
+) -> Result<Outcome, ProposeError> {
+    let start = std::time::Instant::now();
+    loop {
+        let res = membership.propose(cmd.clone()).await;
+        if let Ok(Outcome::Register(Err(RegisterError::Duplicated))) = &res {
+            let holder = membership
+                .read(|r| r.clients(room))
+                .into_iter()
+                .find(|(id, _)| id == client)
+                .and_then(|(_, b)| b)
+                .map(|b| b.node);
+            let wait = holder.zip(membership.as_cluster()).and_then(|(node, c)| c.takeover_wait(node));
+            if wait.is_some_and(|w| start.elapsed() < w) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        return res;
     }
 }
 
