@@ -159,6 +159,7 @@
     if (!joined) return;
     this.iceServers = await this.fetchIceServers();
     this.newPeerConnection();
+    this.watchMedia();
     this.register();
     if (this.isInitiator) {
       setState('waiting');
@@ -306,6 +307,32 @@
     this.iceServers = await this.fetchIceServers();
     try { this.pc.setConfiguration(this.rtcConfig()); } catch (e) { log('setConfiguration: ' + e); }
     await this.makeOffer(true);
+  };
+
+  // A relay that dies takes the browser 5 s or more to notice: the pair stays "connected" until
+  // its consent checks time out. So during a call the page watches what arrives; after
+  // STALL_MS without a byte it restarts ICE at once (a relay on a live node, a new offer).
+  var STALL_MS = 1500;
+  Call.prototype.watchMedia = function () {
+    var self = this;
+    var last = -1, changed = Date.now(), restarted = 0;
+    clearInterval(this.mediaTimer);
+    this.mediaTimer = setInterval(async function () {
+      var pc = self.pc;
+      if (self.hungUp) return clearInterval(self.mediaTimer);
+      if (!pc || sb.state !== 'connected') { changed = Date.now(); return; }
+      var bytes = 0;
+      try {
+        (await pc.getStats()).forEach(function (r) { if (r.type === 'inbound-rtp') bytes += r.bytesReceived || 0; });
+      } catch (e) { return; }
+      var now = Date.now();
+      if (bytes !== last) { last = bytes; changed = now; return; }
+      if (now - changed >= STALL_MS && now - restarted >= 3 * STALL_MS) {
+        restarted = now;
+        log('no media for ' + (now - changed) + ' ms');
+        self.restartIce();
+      }
+    }, 250);
   };
 
   Call.prototype.makeOffer = async function (iceRestart) {
