@@ -237,6 +237,25 @@ async fn t54_restart_catches_up() {
     assert_ne!(digest, after);
 }
 
+/// A socket that registers on a node in the moment it starts (before the node has announced
+/// itself to the cluster, which releases the bindings of its earlier life) keeps its
+/// registration: the first message to it arrives.
+#[tokio::test]
+async fn t54_register_right_after_start() {
+    let mut c = Cluster::start(opts()).await.unwrap();
+    for round in 0..3 {
+        c.kill(3);
+        c.restart(3).await.unwrap();
+        let r = fresh_room("early");
+        let mut early = WsClient::connect(&c.ws_url(3)).await.unwrap();
+        early.register(&r, "early").await.unwrap();
+        let mut other = WsClient::connect(&c.ws_url(1)).await.unwrap();
+        other.register(&r, "other").await.unwrap();
+        other.send_msg(&format!("first-{round}")).await.unwrap();
+        assert_eq!(early.expect_msg(WAIT).await.unwrap(), format!("first-{round}"), "round {round}");
+    }
+}
+
 /// SIGTERM on the leader: it hands leadership over, its sockets get 1001 Going Away and may
 /// register elsewhere, and it exits cleanly within the deadline.
 #[tokio::test]

@@ -205,14 +205,16 @@ async fn failover(rounds: usize) -> Result<()> {
         let mut wb = WsClient::connect(&c.ws_url(2)).await?;
         wb.register(&r, "b").await?;
         wb.send_msg("hi").await?;
-        wa.expect_msg(Duration::from_secs(5)).await?;
+        wa.expect_msg(Duration::from_secs(5)).await.context("the first message")?;
         c.kill(1);
         let t0 = Instant::now();
         // The client's socket drops at once; like the web client it reconnects to another node.
         let _ = wa.recv(Duration::from_secs(2)).await;
-        let mut wa = reregister_with_probe(&c.ws_url(3), &r, "a", &mut wb, Duration::from_secs(15)).await?;
+        let mut wa = reregister_with_probe(&c.ws_url(3), &r, "a", &mut wb, Duration::from_secs(15))
+            .await
+            .context("re-registering on node 3")?;
         wa.send_msg("back").await?;
-        wb.expect_msg(Duration::from_secs(5)).await?;
+        wb.expect_msg(Duration::from_secs(5)).await.context("a message after re-registering")?;
         client_kill.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     println!("| failover ({rounds} rounds) | median | min | max | target |");

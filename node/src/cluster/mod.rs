@@ -152,7 +152,7 @@ impl Cluster {
 
         let cluster = Arc::new(Cluster { id, raft, links, state, cfg, draining: AtomicBool::new(false) });
         cluster.clone().watch_metrics(registry.clone());
-        cluster.clone().announce_up();
+        cluster.clone().announce_up(registry.clone());
         cluster.clone().leader_duties();
         Ok(cluster)
     }
@@ -460,13 +460,16 @@ impl Cluster {
     }
 
     /// Declares this node up (releasing bindings of an earlier life), retrying until applied.
-    fn announce_up(self: Arc<Self>) {
+    /// Sockets that registered before `NodeUp` applied lost their binding to it (it cannot
+    /// tell them from an earlier life's), so they register again afterwards.
+    fn announce_up(self: Arc<Self>, registry: Addr<RoomRegistry>) {
         actix::spawn(async move {
             loop {
                 let cmd = ClusterCommand::NodeUp { node: self.id, now_ms: now_ms(), grace_ms: self.cfg.node_loss_grace_ms };
                 match self.propose(cmd).await {
                     Ok(_) => {
                         info!(node = self.id, "announced to the cluster");
+                        registry.do_send(RebindAll);
                         return;
                     }
                     Err(e) => {
