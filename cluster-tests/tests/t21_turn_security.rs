@@ -243,3 +243,35 @@ async fn t21_even_port_reservation_and_508() {
     // The node kept serving throughout.
     assert_eq!(TurnClient::udp(n.turn, "", "").await.unwrap().binding().await.unwrap().code, 0);
 }
+
+/// `turn.max_bps` caps what one allocation relays: a burst beyond one second's budget is cut,
+/// and the budget comes back with time.
+#[tokio::test]
+async fn t21_bandwidth_cap() {
+    let n = node(&["turn.max_bps=2000", "turn.allow_peers=[\"127.0.0.0/8\"]"]).await;
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    assert_eq!(c.bind(0x4000, peer_addr).await.unwrap().code, 0);
+    let count = |peer: &tokio::net::UdpSocket| {
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while peer.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    };
+    for _ in 0..50 {
+        c.send_channel(0x4000, &[7u8; 200]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burst = count(&peer);
+    assert!((1..=13).contains(&burst), "2 000 B/s lets about 10 of 50 × 200 B through at once, got {burst}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..5 {
+        c.send_channel(0x4000, &[7u8; 200]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&peer), 5, "the budget refilled");
+}

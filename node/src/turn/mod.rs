@@ -238,3 +238,24 @@ impl TurnService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Bucket;
+
+    /// `turn.max_bps`: one second's worth at first, refilled with time, never above a second's
+    /// worth; 0 means no cap.
+    #[test]
+    fn bandwidth_bucket() {
+        let mut open = Bucket::new(0);
+        assert!((0..1000).all(|_| open.take(65_535, 0)));
+        let mut b = Bucket::new(10_000);
+        assert!(b.take(6_000, 1_000));
+        assert!(b.take(4_000, 1_000));
+        assert!(!b.take(1, 1_000), "the second's budget is spent");
+        assert!(!b.take(2_000, 1_100), "100 ms refill 1 000 bytes");
+        assert!(b.take(1_000, 1_100));
+        assert!(!b.take(10_001, 60_000), "idle time does not bank more than one second");
+        assert!(b.take(10_000, 60_000));
+    }
+}

@@ -145,11 +145,12 @@ struct Client {
     user: String,
     pass: String,
     nonce: Option<String>,
+    algo: IntegrityAlgorithm,
 }
 
 impl Client {
     fn new(user: &str, pass: &str) -> Self {
-        Client { user: user.into(), pass: pass.into(), nonce: None }
+        Client { user: user.into(), pass: pass.into(), nonce: None, algo: IntegrityAlgorithm::Sha1 }
     }
 
     fn request(&self, method: stun_types::message::Method, add: impl FnOnce(&mut MessageWriteVec)) -> Vec<u8> {
@@ -160,7 +161,7 @@ impl Client {
             b.add_attribute(&Realm::new("test.local").unwrap()).unwrap();
             b.add_attribute(&Nonce::new(n).unwrap()).unwrap();
             let creds = LongTermKeyCredentials::new(self.user.clone(), self.pass.clone(), "test.local".into());
-            b.add_message_integrity(&creds.into(), IntegrityAlgorithm::Sha1).unwrap();
+            b.add_message_integrity(&creds.into(), self.algo).unwrap();
         }
         b.add_fingerprint().unwrap();
         b.finish()
@@ -551,4 +552,31 @@ fn nat_discovery_rfc5780() {
     let len = (short.len() - 20) as u16;
     short[2..4].copy_from_slice(&len.to_be_bytes());
     assert_eq!(error_code(&reply(on.handle(None, &Open, &limiter, &ctx(NOW), &short))), Some(400), "a CHANGE-REQUEST of 2 bytes");
+}
+
+/// RFC 8489 §14.6: a client that signs with MESSAGE-INTEGRITY-SHA256 is answered with it; a
+/// wrong password under SHA-256 is as unauthorized as under SHA-1.
+#[test]
+fn message_integrity_sha256() {
+    let s = server(false);
+    let mut c = Client::new("alice", "wonderland");
+    c.algo = IntegrityAlgorithm::Sha256;
+    let a = allocated(&s, &mut c);
+    assert_eq!(a.username, "alice");
+    let limiter = FailureLimiter::new(10, 60, 100);
+    let mut again = Client::new("alice", "wonderland");
+    again.algo = IntegrityAlgorithm::Sha256;
+    let first = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&again)));
+    again.learn(&first);
+    let r = match s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&again)) {
+        Handled::Allocate(req) => s.allocated(&req, "127.0.0.1:50001".parse().unwrap(), "127.0.0.1:50001".parse().unwrap(), None, &ctx(NOW)).0,
+        other => panic!("{other:?}"),
+    };
+    let m = Message::from_bytes(&r).unwrap();
+    assert!(m.has_attribute(stun_types::attribute::MessageIntegritySha256::TYPE), "answered with SHA-256");
+    assert!(!m.has_attribute(MessageIntegrity::TYPE));
+    let mut wrong = Client::new("alice", "not-it");
+    wrong.algo = IntegrityAlgorithm::Sha256;
+    wrong.learn(&first);
+    assert_eq!(error_code(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&wrong)))), Some(401));
 }
