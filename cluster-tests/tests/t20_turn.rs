@@ -2,7 +2,8 @@
 //! over IPv4 and IPv6; `turnutils_uclient` through `turnutils_peer` with REST and static
 //! credentials, over UDP, TCP and TLS, with channels and Send indications, client-to-client,
 //! RFC 6062 TCP relays and IPv6 relays — every run must end with rc 0 and zero loss — wrong
-//! credentials ending in rc 255, and RFC 5780 NAT discovery with `turnutils_natdiscovery`.
+//! credentials ending in rc 255, and RFC 5780 NAT discovery with `turnutils_natdiscovery`. After
+//! each run `/metrics` must show what was relayed (by client transport) and the failed logins.
 
 use std::time::Duration;
 
@@ -67,7 +68,33 @@ async fn relay_run(name: &str, flags: &[&str], server: &str, tls: bool) {
     args.extend(["-e", peer_addr, "-r", &peer_port, "-p", &port, "-n", "100", "-m", "2", "-l", "120", "-c", server]);
     let run = uclient(&args, RUN);
     assert_clean(name, &run);
+    // What /metrics says was relayed, by transport of the client leg.
+    let transport = if flags.contains(&"-S") { "tls" } else if flags.contains(&"-t") { "tcp" } else { "udp" };
+    if !flags.contains(&"-T") && !flags.contains(&"-y") {
+        let http = cluster_tests::Http::new(&t._node.base());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = http.get("/metrics").await.unwrap().body;
+            let to_peer = counter(&m, "switchboard_turn_relayed_packets_total", &["direction=\"to_peer\"", &format!("transport=\"{transport}\"")]);
+            let allocations = counter(&m, "switchboard_turn_allocations_total", &[]);
+            if to_peer >= run.sent && allocations >= 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: metrics show {to_peer} packets to peers over {transport}, {allocations} allocations; uclient sent {}:\n{m}", run.sent);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     drop(t);
+}
+
+/// The sum of a Prometheus counter's samples whose labels include all of `labels`.
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[test]
@@ -168,6 +195,17 @@ async fn t20_wrong_credentials_end_with_255() {
         let run = uclient(&args, RUN);
         assert_eq!(run.code, Some(255), "{creds:?}:\n{}", run.output);
         assert_eq!(run.received, 0);
+    }
+    let http = cluster_tests::Http::new(&t._node.base());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = http.get("/metrics").await.unwrap().body;
+        let failures = counter(&m, "switchboard_turn_auth_failures_total", &["transport=\"udp\""]);
+        if failures >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "auth failures not counted ({failures}):\n{m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
