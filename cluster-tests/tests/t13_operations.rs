@@ -167,3 +167,59 @@ async fn t13_separate_signaling_listener() {
     let reply = sig.post("/params", "").await.unwrap();
     assert_eq!(reply.status, 500, "{}", reply.body);
 }
+
+/// A renewed certificate (the files rewritten, as certbot does) is served without a restart;
+/// a broken replacement is refused and the last good one kept.
+#[tokio::test]
+async fn t13_tls_certificate_reload() {
+    cluster_tests::init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der_a) = self_signed(dir.path());
+    let next = tempfile::tempdir().unwrap();
+    let (cert_b, key_b, der_b) = self_signed(next.path());
+    let spec = NodeSpec::single()
+        .set(&format!("http.tls_cert=\"{}\"", cert.display()))
+        .set(&format!("http.tls_key=\"{}\"", key.display()));
+    let addr = spec.http;
+    let mut child = Command::new(binary())
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(spec.sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(der_a.clone())).unwrap();
+    roots.add(rustls::pki_types::CertificateDer::from(der_b.clone())).unwrap();
+    let config = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    // The certificate the listener presents now.
+    let served = || {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .ok()?;
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec())
+        }
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        first = served().await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first.as_deref(), Some(&der_a[..]), "the configured certificate");
+    std::fs::copy(&key_b, &key).unwrap();
+    std::fs::copy(&cert_b, &cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(served().await.as_deref(), Some(&der_b[..]), "the renewed certificate, without a restart");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(served().await.as_deref(), Some(&der_b[..]), "a broken file keeps the last good certificate");
+    let _ = child.kill();
+    let _ = child.wait();
+}
