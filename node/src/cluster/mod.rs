@@ -381,6 +381,7 @@ impl Cluster {
             }
             let count: usize = unacked.iter().map(|u| u.messages.len()).sum();
             info!(node, messages = count, "sending again what the lost node never acknowledged");
+            metrics::counter!("switchboard_forwards_resent_total").increment(count as u64);
             for u in unacked {
                 for body in u.messages {
                     let cmd = Command::Send { room: u.room.clone(), client: u.from.clone(), body, now_ms: now_ms() };
