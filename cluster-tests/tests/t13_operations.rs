@@ -85,6 +85,18 @@ fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     (cert, key, ck.cert.der().to_vec())
 }
 
+/// Starts a node serving HTTPS. The harness polls plain HTTP, so the process is started by
+/// hand and the caller polls over TLS.
+fn spawn_tls_node(spec: &NodeSpec) -> std::process::Child {
+    Command::new(binary())
+        .arg("--listen")
+        .arg(spec.http.to_string())
+        .args(spec.sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// HTTPS and WSS with a configured certificate; `wss_url` follows the scheme.
 #[tokio::test]
 async fn t13_tls() {
@@ -95,14 +107,7 @@ async fn t13_tls() {
         .set(&format!("http.tls_cert=\"{}\"", cert.display()))
         .set(&format!("http.tls_key=\"{}\"", key.display()));
     let addr = spec.http;
-    // The harness polls plain HTTP; start the process by hand and poll HTTPS instead.
-    let mut child = Command::new(binary())
-        .arg("--listen")
-        .arg(addr.to_string())
-        .args(spec.sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_tls_node(&spec);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
     let pem = std::fs::read(&cert).unwrap();
@@ -181,13 +186,7 @@ async fn t13_tls_certificate_reload() {
         .set(&format!("http.tls_cert=\"{}\"", cert.display()))
         .set(&format!("http.tls_key=\"{}\"", key.display()));
     let addr = spec.http;
-    let mut child = Command::new(binary())
-        .arg("--listen")
-        .arg(addr.to_string())
-        .args(spec.sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_tls_node(&spec);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(der_a.clone())).unwrap();
     roots.add(rustls::pki_types::CertificateDer::from(der_b.clone())).unwrap();

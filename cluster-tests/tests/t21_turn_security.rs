@@ -187,6 +187,18 @@ async fn t21_malformed_input() {
     assert!(!n.n.log().contains("panicked"));
 }
 
+/// An Allocate claiming the port reserved under `token`.
+async fn allocate_reserved(c: &mut TurnClient, token: u64) -> cluster_tests::turn_client::Answer {
+    use stun_types::message::MessageWriteExt;
+    use turn_types::attribute::{RequestedTransport, ReservationToken};
+    c.request(turn_types::message::ALLOCATE, &|m, _| {
+        let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
+        let _ = m.add_attribute(&ReservationToken::new(token));
+    })
+    .await
+    .unwrap()
+}
+
 /// RFC 8656 §7.2 and §14.6 on a two-port relay range: EVEN-PORT with R takes the even port and
 /// reserves the odd one; with both ports held, an Allocate gets 508 Insufficient Capacity; the
 /// RESERVATION-TOKEN claims the reserved port; deleting an allocation frees its port again.
@@ -216,23 +228,11 @@ async fn t21_even_port_reservation_and_508() {
     assert_eq!(b.allocate().await.unwrap().code, 508, "50000 in use, 50001 reserved");
 
     let mut c = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
-    let claimed = c
-        .request(turn_types::message::ALLOCATE, &|m, _| {
-            let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
-            let _ = m.add_attribute(&ReservationToken::new(token));
-        })
-        .await
-        .unwrap();
+    let claimed = allocate_reserved(&mut c, token).await;
     assert_eq!(claimed.code, 0);
     assert_eq!(claimed.relayed().unwrap(), "127.0.0.77:50001".parse().unwrap());
     let mut d = TurnClient::udp(n.turn, "bob", "builder").await.unwrap();
-    let reused = d
-        .request(turn_types::message::ALLOCATE, &|m, _| {
-            let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
-            let _ = m.add_attribute(&ReservationToken::new(token));
-        })
-        .await
-        .unwrap();
+    let reused = allocate_reserved(&mut d, token).await;
     assert_ne!(reused.code, 0, "a token is good once");
 
     assert_eq!(a.refresh(0).await.unwrap().code, 0);

@@ -348,17 +348,18 @@ impl Cluster {
                 }
                 // Declared down while alive (a pause, a partition), or up again after a restart:
                 // the bindings of this node were released, so register its live sockets again.
-                let up_here = self.state.read().unwrap_or_else(|p| p.into_inner()).is_up(self.id);
+                let (up_here, now_down) = {
+                    let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                    let down: BTreeSet<NodeId> =
+                        state.nodes().iter().filter(|(id, s)| **id != self.id && !s.up).map(|(id, _)| *id).collect();
+                    (state.is_up(self.id), down)
+                };
                 if up_here != was_up_here {
                     was_up_here = up_here;
                     registry.do_send(RebindAll);
                 }
                 // A node declared down: what was forwarded to it and never acknowledged goes
                 // again through the log, which now queues it for the client's next registration.
-                let now_down: BTreeSet<NodeId> = {
-                    let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-                    state.nodes().iter().filter(|(id, s)| **id != self.id && !s.up).map(|(id, _)| *id).collect()
-                };
                 for node in now_down.difference(&down) {
                     self.clone().resend_unacknowledged(*node);
                 }

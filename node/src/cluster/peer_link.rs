@@ -122,7 +122,8 @@ pub struct PeerLink {
     tx: Option<mpsc::Sender<Vec<u8>>>,
     pending: HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>,
     next_id: u64,
-    unacked: VecDeque<(u64, Vec<u8>, Unacked)>,
+    /// Encoded forwards not yet acknowledged, with their sender (which the frame leaves out).
+    unacked: VecDeque<(u64, Vec<u8>, String)>,
     next_seq: u64,
     last_heard: Instant,
     ping_sent: Option<(u64, Instant)>,
@@ -388,7 +389,6 @@ impl Handler<Forward> for PeerLink {
     fn handle(&mut self, msg: Forward, _: &mut Context<Self>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let kept = Unacked { room: msg.room.clone(), from: msg.from, messages: msg.messages.clone() };
         let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages };
         let Ok(bytes) = cluster::encode(&frame) else { return };
         if self.unacked.len() >= FORWARD_BUFFER {
@@ -398,7 +398,7 @@ impl Handler<Forward> for PeerLink {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(bytes.clone());
         }
-        self.unacked.push_back((seq, bytes, kept));
+        self.unacked.push_back((seq, bytes, msg.from));
         metrics::counter!("switchboard_forwarded_total").increment(1);
     }
 }
@@ -407,7 +407,20 @@ impl Handler<Reclaim> for PeerLink {
     type Result = MessageResult<Reclaim>;
 
     fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) -> Self::Result {
-        // Taken, not copied: if the peer comes back, it must not get them a second time.
-        MessageResult(self.unacked.drain(..).map(|(_, _, u)| u).collect())
+        // Taken, not copied: if the peer comes back, it must not get them a second time. Decoded
+        // here, on this rare path, rather than kept twice on the per-message one.
+        let unacked = self
+            .unacked
+            .drain(..)
+            .filter_map(|(_, bytes, from)| {
+                let mut reader = FrameReader::default();
+                reader.push(&bytes);
+                match reader.next_frame() {
+                    Ok(Some(Frame::Forward { room, messages, .. })) => Some(Unacked { room, from, messages }),
+                    _ => None,
+                }
+            })
+            .collect();
+        MessageResult(unacked)
     }
 }

@@ -90,10 +90,12 @@ impl ResolvesServerCert for ReloadingCert {
             s.checked = Instant::now();
             let now = stamp(&self.cert, &self.key);
             if now.is_some() && now != s.stamp {
+                // Remembered either way: a broken pair is read (and reported) once, not every
+                // second; writing the files again changes their times and brings another try.
+                s.stamp = now;
                 match load(&self.cert, &self.key) {
                     Ok(c) => {
                         s.current = Arc::new(c);
-                        s.stamp = now;
                         info!(cert = %self.cert.display(), "TLS certificate reloaded");
                     }
                     Err(e) => warn!(cert = %self.cert.display(), error = %format!("{e:#}"), "keeping the old TLS certificate"),
