@@ -10,11 +10,13 @@
 //! - [`client`]: AppRTC room-server HTTP and Collider HTTP calls.
 //! - [`ws`]: a Collider WebSocket client.
 //! - [`cluster`]: three real nodes on 127.0.0.1-3.
+//! - [`calls`]: whole AppRTC calls, as a load and as an invariant checker.
 //! - [`coturn`]: coturn's `turnutils_*` clients as reference TURN peers.
 //! - [`turn_client`]: a small TURN client for exact protocol checks.
 //! - [`browser`]: headless Chromium through chromedriver, in a private network namespace.
 
 pub mod browser;
+pub mod calls;
 pub mod client;
 pub mod cluster;
 pub mod coturn;

@@ -154,9 +154,10 @@ async fn run(config: Config) -> Result<()> {
         server = server.workers(config.http.workers);
     }
     let listen = config.http.listen;
+    let socket = http::listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
     server = match &tls {
-        Some(t) => server.bind_rustls_0_23(listen, t.clone()),
-        None => server.bind(listen),
+        Some(t) => server.listen_rustls_0_23(socket, t.clone()),
+        None => server.listen(socket),
     }
     .with_context(|| format!("cannot listen on {listen}"))?;
     let main = server.run();
@@ -173,9 +174,10 @@ async fn run(config: Config) -> Result<()> {
         if config.http.workers > 0 {
             sig = sig.workers(config.http.workers);
         }
+        let socket = http::listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let sig = match &tls {
-            Some(t) => sig.bind_rustls_0_23(addr, t.clone()),
-            None => sig.bind(addr),
+            Some(t) => sig.listen_rustls_0_23(socket, t.clone()),
+            None => sig.listen(socket),
         }
         .with_context(|| format!("cannot listen on {addr}"))?
         .run();

@@ -8,22 +8,9 @@ use std::sync::{Arc, RwLock};
 use actix::Recipient;
 use switchboard_proto::cluster::ClusterCommand;
 use switchboard_proto::rooms::{Command, Effect, Limits, NodeId, Outcome, Rooms};
-use thiserror::Error;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ProposeError};
 use crate::rooms::ApplyEffects;
-
-/// Why a command could not be applied.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ProposeError {
-    /// No majority of the cluster is reachable; membership cannot change now.
-    #[error("no quorum: room membership cannot change until a majority of nodes is reachable")]
-    NoQuorum,
-    /// Raft refused the command.
-    #[error("membership change failed: {0}")]
-    Failed(String),
-}
 
 /// Handle to the room state; cheap to clone.
 #[derive(Clone)]

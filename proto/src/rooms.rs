@@ -407,10 +407,11 @@ impl Rooms {
         out
     }
 
-    /// Up to `limit` rooms, in id order, for inspection.
-    pub fn views(&self, limit: usize) -> Vec<RoomView> {
+    /// Up to `limit` rooms whose id starts with `prefix`, in id order, for inspection.
+    pub fn views(&self, prefix: &str, limit: usize) -> Vec<RoomView> {
         self.rooms
-            .iter()
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
             .take(limit)
             .map(|(name, r)| {
                 let mut members: Vec<&Member> = r.members.iter().collect();

@@ -89,15 +89,17 @@ pub async fn remove_node(req: HttpRequest, path: web::Path<u64>, node: web::Data
 #[derive(Deserialize)]
 pub struct RoomsQuery {
     limit: Option<usize>,
+    prefix: Option<String>,
 }
 
-/// `GET /admin/rooms?limit=N`: the rooms this node has applied (members, clients and where their
-/// sockets are), up to 1000 by default.
+/// `GET /admin/rooms?limit=N&prefix=P`: the rooms this node has applied (members, clients and
+/// where their sockets are), up to 1000 by default, only those whose id starts with `P` if given.
 pub async fn rooms(req: HttpRequest, q: web::Query<RoomsQuery>, node: web::Data<Node>) -> HttpResponse {
     if let Err(r) = authorised(&req, &node) {
         return r;
     }
     let limit = q.limit.unwrap_or(1000).min(100_000);
-    let (total, rooms) = node.membership.read(|r| (r.room_count(), r.views(limit)));
+    let prefix = q.prefix.as_deref().unwrap_or_default();
+    let (total, rooms) = node.membership.read(|r| (r.room_count(), r.views(prefix, limit)));
     HttpResponse::Ok().json(json!({ "total": total, "rooms": rooms }))
 }

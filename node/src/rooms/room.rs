@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 
 use super::registry::{RoomIdle, RoomRegistry};
 use super::{SessionRecipient, ToSession};
-use crate::membership::{Membership, ProposeError};
+use crate::cluster::ProposeError;
+use crate::membership::Membership;
 
 /// Messages a room may have waiting before senders are told to slow down.
 pub const ROOM_MAILBOX: usize = 1024;

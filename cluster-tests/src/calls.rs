@@ -1,0 +1,568 @@
+//! Whole AppRTC calls, as a load and as an invariant checker: A joins, registers and stores K
+//! messages with `/message`; B joins (the K come back in `messages`), registers and at once sends
+//! K over its socket; A, once B is there, posts K more; both hang up the way the web client does
+//! (`bye` over the socket, Collider `DELETE`, `/leave`). Every message must arrive exactly once, in
+//! order, on the right socket; the room must be free afterwards ([`RoomAudit`]).
+//!
+//! A call's outcome is [`CallOk`] (with its set-up latency: A's join → A has B's first message)
+//! or a [`CallError`] that says which rule broke or which step the server refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::Http;
+
+/// One node as clients see it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://ip:port`.
+    pub base: String,
+}
+
+impl Target {
+    /// The node at `base`.
+    pub fn new(base: &str) -> Self {
+        Target { base: base.trim_end_matches('/').to_owned() }
+    }
+
+    /// Its Collider WebSocket URL.
+    pub fn ws(&self) -> String {
+        format!("{}/ws", self.base.replacen("http", "ws", 1))
+    }
+}
+
+/// Where the two people of a call sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Both on one node (chosen at random).
+    Same,
+    /// On two different nodes.
+    Cross,
+    /// Each on a node chosen at random.
+    Random,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "same" => Ok(Placement::Same),
+            "cross" => Ok(Placement::Cross),
+            "random" => Ok(Placement::Random),
+            _ => Err(format!("placement must be same, cross or random, not {s:?}")),
+        }
+    }
+}
+
+/// How calls are made.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// Messages each way per step (stored by A, sent by B over its socket, posted by A).
+    pub k: usize,
+    /// How long any one step may take before the call counts as hung.
+    pub step_timeout: Duration,
+    /// Where the two people sit.
+    pub placement: Placement,
+    /// Room id prefix (the audit looks for rooms with it).
+    pub prefix: String,
+}
+
+impl Default for CallSpec {
+    fn default() -> Self {
+        CallSpec { k: 10, step_timeout: Duration::from_secs(10), placement: Placement::Cross, prefix: "call".into() }
+    }
+}
+
+/// A call that completed with every rule kept.
+#[derive(Debug, Clone)]
+pub struct CallOk {
+    /// A's join → A has B's first message.
+    pub setup: Duration,
+    /// The whole call, hang-up included.
+    pub total: Duration,
+    /// Messages checked (stored, sent over sockets, posted, byes).
+    pub messages: usize,
+}
+
+/// Why a call did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// A rule broke: a message duplicated, out of order, on the wrong socket, or a stored message
+    /// whose `/message` answered SUCCESS missing; an error frame Collider would not send.
+    Violation(String),
+    /// A message that should have come did not within the step timeout, or a socket broke.
+    Lost(String),
+    /// The server answered a step with a clear refusal (`ERROR`, `FULL`, HTTP 5xx, connection
+    /// refused), or did not answer it in time.
+    Refused(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Violation(s) => write!(f, "violation: {s}"),
+            CallError::Lost(s) => write!(f, "lost: {s}"),
+            CallError::Refused(s) => write!(f, "refused: {s}"),
+        }
+    }
+}
+
+/// What one call did, for the report and for a fault-aware checker.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// The room.
+    pub room: String,
+    /// A's and B's node (0-based index into the targets).
+    pub nodes: (usize, usize),
+    /// When it started and ended.
+    pub started: Instant,
+    pub ended: Instant,
+    /// The outcome.
+    pub result: Result<CallOk, CallError>,
+}
+
+/// What came in on a socket.
+#[derive(Debug)]
+enum Incoming {
+    Msg(String),
+    Error(String),
+    Closed(String),
+}
+
+/// A Collider socket whose frames a task reads into a channel, so a call can wait on it with a
+/// deadline while it does other things.
+struct Socket {
+    tx: futures_util::stream::SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
+    rx: mpsc::UnboundedReceiver<Incoming>,
+}
+
+impl Socket {
+    async fn open(url: &str, within: Duration) -> Result<Socket, CallError> {
+        let (ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| CallError::Refused(format!("WebSocket connect to {url} timed out")))?
+            .map_err(|e| CallError::Refused(format!("WebSocket connect to {url}: {e}")))?;
+        let (tx, mut read) = ws.split();
+        let (in_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(item) = read.next().await {
+                let ev = match item {
+                    Ok(Message::Text(t)) => frame(t.as_str()),
+                    Ok(Message::Binary(b)) => frame(&String::from_utf8_lossy(&b)),
+                    Ok(Message::Close(c)) => Incoming::Closed(format!("close frame {:?}", c.map(|c| u16::from(c.code)))),
+                    Ok(_) => continue,
+                    Err(e) => Incoming::Closed(e.to_string()),
+                };
+                let end = matches!(ev, Incoming::Closed(_));
+                if in_tx.send(ev).is_err() || end {
+                    return;
+                }
+            }
+            let _ = in_tx.send(Incoming::Closed("connection ended".into()));
+        });
+        Ok(Socket { tx, rx })
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), CallError> {
+        self.tx.send(Message::text(text)).await.map_err(|e| CallError::Lost(format!("socket write: {e}")))
+    }
+
+    async fn register(&mut self, room: &str, client: &str) -> Result<(), CallError> {
+        self.send(json!({"cmd": "register", "roomid": room, "clientid": client}).to_string()).await
+    }
+
+    async fn send_msg(&mut self, msg: &str) -> Result<(), CallError> {
+        self.send(json!({"cmd": "send", "msg": msg}).to_string()).await
+    }
+
+    /// Waits for the next incoming item.
+    async fn next(&mut self, within: Duration, what: &str) -> Result<Incoming, CallError> {
+        match tokio::time::timeout(within, self.rx.recv()).await {
+            Ok(Some(i)) => Ok(i),
+            Ok(None) => Err(CallError::Lost(format!("{what}: socket reader ended"))),
+            Err(_) => Err(CallError::Lost(format!("{what}: nothing arrived within {within:?}"))),
+        }
+    }
+
+    /// Receives exactly `expected`, in order; anything else is a violation.
+    async fn expect_seq(&mut self, expected: &[String], within: Duration, what: &str) -> Result<Instant, CallError> {
+        let mut first = None;
+        for (i, want) in expected.iter().enumerate() {
+            match self.next(within, &format!("{what}: message {i} of {}", expected.len())).await? {
+                Incoming::Msg(m) if &m == want => {
+                    first.get_or_insert_with(Instant::now);
+                }
+                Incoming::Msg(m) => {
+                    let pos = expected.iter().position(|e| *e == m);
+                    return Err(CallError::Violation(match pos {
+                        Some(p) if p < i => format!("{what}: message {p} arrived again at position {i}: {m}"),
+                        Some(p) => format!("{what}: message {p} arrived at position {i}, before message {i} ({want})"),
+                        None => format!("{what}: unexpected message at position {i}: {m} (wanted {want})"),
+                    }));
+                }
+                Incoming::Error(e) => return Err(CallError::Violation(format!("{what}: error frame {e:?} at position {i}"))),
+                Incoming::Closed(why) => return Err(CallError::Lost(format!("{what}: socket closed at message {i}: {why}"))),
+            }
+        }
+        Ok(first.unwrap_or_else(Instant::now))
+    }
+
+    async fn close(mut self) {
+        let _ = self.tx.send(Message::Close(None)).await;
+        let _ = self.tx.close().await;
+    }
+}
+
+fn frame(raw: &str) -> Incoming {
+    let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+    let error = v["error"].as_str().unwrap_or_default();
+    if !error.is_empty() {
+        return Incoming::Error(error.to_owned());
+    }
+    Incoming::Msg(v["msg"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The body of message `n` of `step` from `from` in call `room`, shaped like AppRTC's.
+fn body(room: &str, from: &str, step: &str, n: usize) -> String {
+    let kind = match (step, n) {
+        ("store", 0) => "offer",
+        ("socket", 0) => "answer",
+        _ => "candidate",
+    };
+    json!({"type": kind, "call": room, "from": from, "step": step, "n": n}).to_string()
+}
+
+const BYE: &str = "{\"type\":\"bye\"}";
+
+/// HTTP clients for every node, kept by one worker across its calls (keep-alive connections).
+#[derive(Clone)]
+pub struct Clients {
+    targets: Vec<Target>,
+    http: Vec<Http>,
+}
+
+impl Clients {
+    /// Clients for `targets`.
+    pub fn new(targets: &[Target]) -> Self {
+        Clients { targets: targets.to_vec(), http: targets.iter().map(|t| Http::new(&t.base)).collect() }
+    }
+
+    /// The nodes.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+}
+
+fn pick(rng: &mut StdRng, n: usize, placement: Placement, allowed: &[usize]) -> (usize, usize) {
+    let any = |rng: &mut StdRng| allowed[rng.random_range(0..allowed.len())];
+    match placement {
+        Placement::Same => {
+            let a = any(rng);
+            (a, a)
+        }
+        Placement::Cross if allowed.len() >= 2 => {
+            let a = any(rng);
+            loop {
+                let b = any(rng);
+                if b != a {
+                    return (a, b);
+                }
+            }
+        }
+        Placement::Cross => {
+            let _ = n;
+            let a = any(rng);
+            (a, a)
+        }
+        Placement::Random => (any(rng), any(rng)),
+    }
+}
+
+async fn join(http: &Http, room: &str, within: Duration, who: &str) -> Result<(String, bool, Vec<String>), CallError> {
+    let j = tokio::time::timeout(within, http.join(room))
+        .await
+        .map_err(|_| CallError::Refused(format!("join of {who} at {} not answered within {within:?}", http.base)))?
+        .map_err(|e| CallError::Refused(format!("join of {who} at {}: {e:#}", http.base)))?;
+    if j["result"] != "SUCCESS" {
+        return Err(CallError::Refused(format!("join of {who} at {}: {}", http.base, j["result"])));
+    }
+    let p = &j["params"];
+    let messages = p["messages"]
+        .as_array()
+        .map(|a| a.iter().map(|m| m.as_str().unwrap_or_default().to_owned()).collect())
+        .unwrap_or_default();
+    let client = p["client_id"].as_str().unwrap_or_default().to_owned();
+    Ok((client, p["is_initiator"] == "true", messages))
+}
+
+async fn post_message(http: &Http, room: &str, client: &str, msg: &str, within: Duration) -> Result<(), CallError> {
+    let r = tokio::time::timeout(within, http.message(room, client, msg))
+        .await
+        .map_err(|_| CallError::Refused(format!("/message at {} not answered within {within:?}", http.base)))?
+        .map_err(|e| CallError::Refused(format!("/message at {}: {e:#}", http.base)))?;
+    if r != "SUCCESS" {
+        return Err(CallError::Refused(format!("/message at {}: {r}", http.base)));
+    }
+    Ok(())
+}
+
+/// Hangs up as the web client does: `bye` over the socket, Collider `DELETE`, `/leave`.
+async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: Duration) -> Result<(), CallError> {
+    ws.send_msg(BYE).await?;
+    let del = tokio::time::timeout(within, http.collider_delete(room, client))
+        .await
+        .map_err(|_| CallError::Refused(format!("DELETE at {} not answered within {within:?}", http.base)))?
+        .map_err(|e| CallError::Refused(format!("DELETE at {}: {e:#}", http.base)))?;
+    if del.status != 200 {
+        return Err(CallError::Refused(format!("DELETE at {}: HTTP {} {}", http.base, del.status, del.body.trim())));
+    }
+    let _ = tokio::time::timeout(within, http.leave(room, client))
+        .await
+        .map_err(|_| CallError::Refused(format!("/leave at {} not answered within {within:?}", http.base)))?
+        .map_err(|e| CallError::Refused(format!("/leave at {}: {e:#}", http.base)))?;
+    ws.close().await;
+    Ok(())
+}
+
+/// One whole call between nodes `na` and `nb` (indexes into `clients`' targets).
+pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb: usize) -> Result<CallOk, CallError> {
+    let t = spec.step_timeout;
+    let (ha, hb) = (&clients.http[na], &clients.http[nb]);
+    let (wa_url, wb_url) = (clients.targets[na].ws(), clients.targets[nb].ws());
+    let started = Instant::now();
+    let mut checked = 0;
+    let trace = std::env::var_os("CALLGEN_TRACE").is_some();
+    let mark = |what: &str| {
+        if trace {
+            eprintln!("{room} {:>8.1} ms {what}", started.elapsed().as_secs_f64() * 1000.0);
+        }
+    };
+
+    let (a, a_init, a_msgs) = join(ha, room, t, "A").await?;
+    if !a_init || !a_msgs.is_empty() {
+        return Err(CallError::Violation(format!("first joiner: initiator={a_init}, messages={a_msgs:?}")));
+    }
+    let mut wa = Socket::open(&wa_url, t).await?;
+    mark("A joined");
+    wa.register(room, &a).await?;
+    mark("A registered");
+    let stored: Vec<String> = (0..spec.k).map(|n| body(room, "a", "store", n)).collect();
+    for m in &stored {
+        post_message(ha, room, &a, m, t).await?;
+    }
+
+    mark("A stored");
+    let (b, b_init, b_msgs) = join(hb, room, t, "B").await?;
+    if b_init {
+        return Err(CallError::Violation("second joiner is the initiator".into()));
+    }
+    if b_msgs != stored {
+        return Err(CallError::Violation(format!("B's join returned {} messages, not the {} A stored in order: {b_msgs:?}", b_msgs.len(), stored.len())));
+    }
+    checked += stored.len();
+    let mut wb = Socket::open(&wb_url, t).await?;
+    mark("B joined");
+    wb.register(room, &b).await?;
+    let from_b: Vec<String> = (0..spec.k).map(|n| body(room, "b", "socket", n)).collect();
+    for m in &from_b {
+        wb.send_msg(m).await?;
+    }
+    let first = wa.expect_seq(&from_b, t, "A receiving B's socket messages").await?;
+    mark("A got B's");
+    let setup = first - started;
+    checked += from_b.len();
+
+    let posted: Vec<String> = (0..spec.k).map(|n| body(room, "a", "post", n)).collect();
+    for m in &posted {
+        post_message(ha, room, &a, m, t).await?;
+    }
+    wb.expect_seq(&posted, t, "B receiving A's posted messages").await?;
+    mark("B got A's posts");
+    checked += posted.len();
+
+    hang_up(hb, wb, room, &b, t).await?;
+    mark("B hung up");
+    wa.expect_seq(&[BYE.to_owned()], t, "A receiving B's bye").await?;
+    checked += 1;
+    hang_up(ha, wa, room, &a, t).await?;
+    mark("A hung up");
+    Ok(CallOk { setup, total: started.elapsed(), messages: checked })
+}
+
+/// Rooms whose calls completed, checked against what the nodes still hold: a room must be gone
+/// shortly after both people left (a phantom member would refuse the next caller's socket).
+#[derive(Clone, Default)]
+pub struct RoomAudit {
+    completed: Arc<Mutex<HashMap<String, Instant>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl RoomAudit {
+    /// Records that `room`'s call completed now.
+    pub fn completed(&self, room: &str) {
+        self.completed.lock().unwrap_or_else(|p| p.into_inner()).insert(room.to_owned(), Instant::now());
+    }
+
+    /// Rooms that outlived their call.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lists the rooms with `prefix` on `base` (admin API) and flags those whose call completed
+    /// more than `slack` ago. Returns how many rooms were listed.
+    pub async fn check(&self, base: &str, token: &str, prefix: &str, slack: Duration) -> Result<usize> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let v: Value = client
+            .get(format!("{base}/admin/rooms?prefix={prefix}&limit=100000"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let rooms = v["rooms"].as_array().cloned().unwrap_or_default();
+        let completed = self.completed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for r in &rooms {
+            let name = r["room"].as_str().unwrap_or_default();
+            if let Some(at) = completed.get(name) {
+                if at.elapsed() > slack {
+                    let v = format!("room {name} still held {:?} after its call completed: {r}", at.elapsed());
+                    let mut vs = self.violations.lock().unwrap_or_else(|p| p.into_inner());
+                    if !vs.iter().any(|x| x.starts_with(&format!("room {name} "))) {
+                        vs.push(v);
+                    }
+                }
+            }
+        }
+        Ok(rooms.len())
+    }
+}
+
+/// A run of calls: `concurrency` workers making calls until `calls` are done or `duration` ran out.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// How each call is made.
+    pub call: CallSpec,
+    /// Calls at once.
+    pub concurrency: usize,
+    /// Stop after this many calls (0: no limit).
+    pub calls: usize,
+    /// Stop after this long (zero: no limit).
+    pub duration: Duration,
+    /// Seed of the placement choices.
+    pub seed: u64,
+}
+
+/// Which nodes a new call may use right now (a chaos run excludes killed ones).
+pub type Allowed = Arc<dyn Fn() -> Vec<usize> + Send + Sync>;
+
+/// Runs calls and returns every call's record.
+pub async fn run(targets: &[Target], spec: RunSpec, allowed: Allowed, audit: RoomAudit) -> Vec<CallRecord> {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..spec.concurrency {
+        let (records, next, allowed, audit, spec) = (records.clone(), next.clone(), allowed.clone(), audit.clone(), spec.clone());
+        let clients = Clients::new(targets);
+        workers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if (spec.calls > 0 && i >= spec.calls) || (!spec.duration.is_zero() && start.elapsed() >= spec.duration) {
+                    return;
+                }
+                let nodes = allowed();
+                if nodes.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let (na, nb) = pick(&mut rng, clients.targets.len(), spec.call.placement, &nodes);
+                let room = format!("{}-{i}-{:06x}", spec.call.prefix, rng.random_range(0..0x100_0000u32));
+                let started = Instant::now();
+                let result = call(&clients, &spec.call, &room, na, nb).await;
+                if result.is_ok() {
+                    audit.completed(&room);
+                }
+                records.lock().unwrap_or_else(|p| p.into_inner()).push(CallRecord {
+                    room,
+                    nodes: (na, nb),
+                    started,
+                    ended: Instant::now(),
+                    result,
+                });
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut v = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
+    v.sort_by_key(|r| r.started);
+    v
+}
+
+/// Figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub calls: usize,
+    pub ok: usize,
+    pub violations: usize,
+    pub lost: usize,
+    pub refused: usize,
+    pub calls_per_s: f64,
+    pub setup_p50_ms: f64,
+    pub setup_p99_ms: f64,
+    pub messages: usize,
+    /// Up to ten failures, for the report.
+    pub examples: Vec<String>,
+}
+
+/// The `p` quantile (0..1) of `v` (sorted in place).
+pub fn quantile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+/// Sums up `records` of a run that took `elapsed`.
+pub fn summarise(records: &[CallRecord], elapsed: Duration) -> Summary {
+    let mut s = Summary { calls: records.len(), ..Default::default() };
+    let mut setups = Vec::new();
+    for r in records {
+        match &r.result {
+            Ok(ok) => {
+                s.ok += 1;
+                s.messages += ok.messages;
+                setups.push(ok.setup.as_secs_f64() * 1000.0);
+            }
+            Err(e) => {
+                match e {
+                    CallError::Violation(_) => s.violations += 1,
+                    CallError::Lost(_) => s.lost += 1,
+                    CallError::Refused(_) => s.refused += 1,
+                }
+                if s.examples.len() < 10 {
+                    s.examples.push(format!("{} (nodes {}→{}): {e}", r.room, r.nodes.0 + 1, r.nodes.1 + 1));
+                }
+            }
+        }
+    }
+    s.calls_per_s = s.ok as f64 / elapsed.as_secs_f64().max(1e-9);
+    s.setup_p50_ms = quantile(&mut setups, 0.5);
+    s.setup_p99_ms = quantile(&mut setups, 0.99);
+    s
+}
