@@ -104,14 +104,16 @@ impl Membership {
     }
 
     fn dispatch(&self, sink: &Recipient<ApplyEffects>, effects: Vec<Effect>) {
-        let mine: Vec<Effect> = effects
+        let mine: Vec<(u64, Effect)> = effects
             .into_iter()
             .filter(|e| match e {
                 Effect::Deliver { at, .. } | Effect::Close { at, .. } => at.node == self.inner.node,
             })
+            .map(|e| (0, e))
             .collect();
         if !mine.is_empty() {
-            sink.do_send(ApplyEffects(mine));
+            // One node has no log: every position is 0 and nothing waits on one.
+            sink.do_send(ApplyEffects { through: 0, effects: mine, resync: false });
         }
     }
 }

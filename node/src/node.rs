@@ -68,12 +68,13 @@ impl Node {
     }
 
     /// Writes `msg` from client `from` to the socket bound at `at`, which the membership says
-    /// is the peer's: here, or over the peer link to its node (no Raft round trip).
-    pub fn deliver(&self, room: &str, from: &str, at: Binding, msg: String) {
+    /// is the peer's: here, or over the peer link to its node (no Raft round trip). It is
+    /// written after every message the log delivered in the room up to `barrier`.
+    pub fn deliver(&self, room: &str, from: &str, at: Binding, msg: String, barrier: u64) {
         if at.node == self.membership.node_id() {
-            self.registry.do_send(ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg] });
+            self.registry.do_send(ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg], barrier, ack: None });
         } else if let Some(c) = self.membership.as_cluster() {
-            if !c.links.forward(at.node, room.to_owned(), from.to_owned(), at.session, vec![msg]) {
+            if !c.links.forward(at.node, room.to_owned(), from.to_owned(), at.session, vec![msg], barrier) {
                 debug!(node = at.node, "no link to the node holding the peer's socket");
             }
         } else {

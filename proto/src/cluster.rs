@@ -19,8 +19,13 @@ pub enum ClusterCommand {
     Room(Command),
     /// The leader lost `node`: its sockets are gone; clients get `grace_ms` to come back.
     NodeDown { node: NodeId, now_ms: u64, grace_ms: u64 },
-    /// `node` (re)started: it holds no socket of an earlier life; it is live again.
-    NodeUp { node: NodeId, now_ms: u64, grace_ms: u64 },
+    /// `node` is live: it started (a new `incarnation`: it holds no socket of an earlier life,
+    /// whose bindings are released), or it was declared down while alive (a pause, a
+    /// partition) and is back with the same incarnation and its sockets.
+    NodeUp { node: NodeId, incarnation: u64, now_ms: u64, grace_ms: u64 },
+    /// `node` left the cluster's membership: its bindings are released as for a lost node, and
+    /// it no longer counts for placement.
+    NodeRemoved { node: NodeId, now_ms: u64, grace_ms: u64 },
     /// A node's load, for placing TURN allocations.
     Load { node: NodeId, report: LoadReport },
 }
@@ -64,8 +69,10 @@ impl ClusterState {
 pub struct NodeStatus {
     /// Whether the node is live (not declared down since it last came up).
     pub up: bool,
-    /// When it last changed state (ms since the epoch, proposer's clock).
+    /// When it last changed state (cluster time, ms).
     pub since_ms: u64,
+    /// The life it announced last (0 before it announced one).
+    pub incarnation: u64,
     /// Its latest load report.
     pub load: LoadReport,
 }
@@ -76,25 +83,66 @@ pub struct ClusterState {
     /// Room membership and bindings.
     pub rooms: Rooms,
     nodes: BTreeMap<NodeId, NodeStatus>,
+    /// Cluster time (ms): the latest time any applied command carried. Commands are stamped by
+    /// the leader; time never goes back here, whichever leader's clock runs behind.
+    clock_ms: u64,
+}
+
+impl ClusterCommand {
+    /// The time the command carries, if it carries one.
+    pub fn now_ms_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            ClusterCommand::Room(c) => Some(c.now_ms_mut()),
+            ClusterCommand::NodeDown { now_ms, .. }
+            | ClusterCommand::NodeUp { now_ms, .. }
+            | ClusterCommand::NodeRemoved { now_ms, .. } => Some(now_ms),
+            ClusterCommand::Load { .. } => None,
+        }
+    }
 }
 
 impl ClusterState {
     /// An empty state.
     pub fn new(limits: Limits) -> Self {
-        ClusterState { rooms: Rooms::new(limits), nodes: BTreeMap::new() }
+        ClusterState { rooms: Rooms::new(limits), nodes: BTreeMap::new(), clock_ms: 0 }
+    }
+
+    /// Cluster time: the latest time an applied command carried.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
     }
 
     /// Applies one command; deterministic like [`Rooms::apply`].
     pub fn apply(&mut self, cmd: ClusterCommand) -> Applied {
+        self.apply_at(0, cmd)
+    }
+
+    /// Applies the command at log index `index` (see [`Rooms::apply_at`]). A command stamped
+    /// earlier than cluster time (by a leader whose clock is behind) takes cluster time.
+    pub fn apply_at(&mut self, index: u64, mut cmd: ClusterCommand) -> Applied {
+        if let Some(t) = cmd.now_ms_mut() {
+            *t = (*t).max(self.clock_ms);
+            self.clock_ms = *t;
+        }
         match cmd {
-            ClusterCommand::Room(c) => self.rooms.apply(c),
+            ClusterCommand::Room(c) => self.rooms.apply_at(index, c),
             ClusterCommand::NodeDown { node, now_ms, grace_ms } => {
                 self.set_up(node, false, now_ms);
-                self.rooms.apply(Command::UnbindNode { node, now_ms, grace_ms })
+                self.rooms.apply_at(index, Command::UnbindNode { node, now_ms, grace_ms })
             }
-            ClusterCommand::NodeUp { node, now_ms, grace_ms } => {
+            ClusterCommand::NodeUp { node, incarnation, now_ms, grace_ms } => {
                 self.set_up(node, true, now_ms);
-                self.rooms.apply(Command::UnbindNode { node, now_ms, grace_ms })
+                let s = self.nodes.entry(node).or_default();
+                if s.incarnation == incarnation {
+                    // Back from a pause or a partition: its sockets are the ones it had.
+                    return Applied { outcome: Outcome::NodeUnbound { clients: 0 }, effects: Vec::new() };
+                }
+                s.incarnation = incarnation;
+                self.rooms.apply_at(index, Command::UnbindNode { node, now_ms, grace_ms })
+            }
+            ClusterCommand::NodeRemoved { node, now_ms, grace_ms } => {
+                self.nodes.remove(&node);
+                self.rooms.apply_at(index, Command::UnbindNode { node, now_ms, grace_ms })
             }
             ClusterCommand::Load { node, report } => {
                 self.nodes.entry(node).or_default().load = report;
@@ -174,8 +222,8 @@ pub enum Request {
 pub enum Reply {
     /// A Raft RPC's postcard-encoded result.
     Raft(Vec<u8>),
-    /// The outcome of an applied proposal.
-    Proposed(Outcome),
+    /// The outcome of an applied proposal, and its log index.
+    Proposed { outcome: Outcome, index: u64 },
     /// This node is not the leader; try `leader` if known.
     NotLeader { leader: Option<NodeId> },
     /// Done (no data).
@@ -194,10 +242,18 @@ pub enum Frame {
     Request { id: u64, body: Request },
     Reply { id: u64, body: Reply },
     /// Signaling messages for a session on the receiving node. `seq` orders and deduplicates
-    /// them per sender life; they are resent after a reconnect until acknowledged.
-    Forward { seq: u64, room: String, session: SessionId, messages: Vec<String> },
-    /// Every forward up to `seq` was handed to its room.
+    /// them per sender life; they are resent after a reconnect until acknowledged. They are
+    /// written only once the receiver has applied the log up to `barrier` (the last entry that
+    /// delivered a message in the room, as the sender saw it), so they never overtake a message
+    /// that went through the log before them.
+    /// `floor` is the sender's oldest frame not yet acknowledged: below it, every frame was
+    /// acknowledged or given up on (sent again through the log).
+    Forward { seq: u64, room: String, session: SessionId, messages: Vec<String>, barrier: u64, floor: u64 },
+    /// Every forward up to `seq` was handed to its socket (or its socket is gone).
     Ack { seq: u64 },
+    /// The acceptor's answer to a valid Hello: its own life. A dialler that sees it change knows
+    /// the sockets its unacknowledged forwards were meant for are gone.
+    Welcome { incarnation: u64 },
     Ping { nonce: u64 },
     Pong { nonce: u64 },
 }
@@ -305,9 +361,55 @@ mod tests {
         assert!(!s.is_up(1));
         let t = s.apply(ClusterCommand::Room(Command::Tick { now_ms: 110 }));
         assert_eq!(t.effects, vec![Effect::Deliver { room: "R".into(), to: "b".into(), at: b(2, 2), messages: vec![BYE.into()] }]);
-        s.apply(ClusterCommand::NodeUp { node: 1, now_ms: 200, grace_ms: 100 });
+        s.apply(ClusterCommand::NodeUp { node: 1, incarnation: 2, now_ms: 200, grace_ms: 100 });
         assert!(s.is_up(1));
         assert_eq!(s.node(1).map(|n| n.since_ms), Some(200));
+    }
+
+    /// A node back from a pause announces the life it had: its bindings stay. A restarted node
+    /// announces a new life: the bindings of the old one are released.
+    #[test]
+    fn node_up_releases_only_an_earlier_life() {
+        let mut s = ClusterState::new(Limits::default());
+        s.apply(ClusterCommand::NodeUp { node: 1, incarnation: 7, now_ms: 1, grace_ms: 100 });
+        s.apply(ClusterCommand::Room(Command::Register { room: "R".into(), client: "a".into(), at: b(1, 1), now_ms: 2 }));
+        s.apply(ClusterCommand::NodeDown { node: 1, now_ms: 3, grace_ms: 100 });
+        s.apply(ClusterCommand::Room(Command::Register { room: "R".into(), client: "a".into(), at: b(1, 1), now_ms: 4 }));
+        let up = s.apply(ClusterCommand::NodeUp { node: 1, incarnation: 7, now_ms: 5, grace_ms: 100 });
+        assert_eq!(up.outcome, Outcome::NodeUnbound { clients: 0 });
+        assert!(s.is_up(1));
+        assert_eq!(s.rooms.bindings_on(1).len(), 1, "the paused node's socket is still bound");
+        let up = s.apply(ClusterCommand::NodeUp { node: 1, incarnation: 8, now_ms: 6, grace_ms: 100 });
+        assert_eq!(up.outcome, Outcome::NodeUnbound { clients: 1 });
+        assert!(s.rooms.bindings_on(1).is_empty());
+    }
+
+    /// A removed node's bindings are released and it leaves the node list.
+    #[test]
+    fn removed_node_is_forgotten() {
+        let mut s = ClusterState::new(Limits::default());
+        s.apply(ClusterCommand::NodeUp { node: 4, incarnation: 1, now_ms: 1, grace_ms: 100 });
+        s.apply(ClusterCommand::Room(Command::Register { room: "R".into(), client: "a".into(), at: b(4, 1), now_ms: 2 }));
+        let r = s.apply(ClusterCommand::NodeRemoved { node: 4, now_ms: 3, grace_ms: 100 });
+        assert_eq!(r.outcome, Outcome::NodeUnbound { clients: 1 });
+        assert!(s.node(4).is_none());
+    }
+
+    /// Cluster time never goes back: a command stamped by a leader whose clock is behind takes
+    /// the cluster's time, so graces and expiries do not depend on which node leads.
+    #[test]
+    fn cluster_time_is_monotonic() {
+        let mut s = ClusterState::new(Limits { register_grace_ms: 100, ..Limits::default() });
+        s.apply(ClusterCommand::Room(Command::Register { room: "R".into(), client: "a".into(), at: b(1, 1), now_ms: 1_000 }));
+        s.apply(ClusterCommand::Room(Command::Unbind { room: "R".into(), client: "a".into(), at: b(1, 1), now_ms: 5_000 }));
+        assert_eq!(s.clock_ms(), 5_000);
+        // A leader 10 s behind: its tick must not count as earlier than the unbind.
+        let t = s.apply(ClusterCommand::Room(Command::Tick { now_ms: 1_000 }));
+        assert_eq!(t.outcome, Outcome::Ticked { clients: 0, rooms: 0 });
+        assert_eq!(s.clock_ms(), 5_000);
+        let t = s.apply(ClusterCommand::Room(Command::Tick { now_ms: 5_100 }));
+        assert_eq!(t.outcome, Outcome::Ticked { clients: 1, rooms: 0 });
+        assert_eq!(s.rooms.room_count(), 0, "the grace ran out 100 ms after the unbind");
     }
 
     #[test]
@@ -336,7 +438,7 @@ mod tests {
             ..Default::default()
         };
         for (node, r) in [(1, report(5, 0)), (2, report(1, 9)), (3, report(1, 2)), (4, LoadReport::default())] {
-            s.apply(ClusterCommand::NodeUp { node, now_ms: 1, grace_ms: 1 });
+            s.apply(ClusterCommand::NodeUp { node, incarnation: 1, now_ms: 1, grace_ms: 1 });
             s.apply(ClusterCommand::Load { node, report: r });
         }
         let order: Vec<NodeId> = s.turn_placement(|_| true).into_iter().map(|(n, _)| n).collect();
@@ -350,9 +452,10 @@ mod tests {
     fn frames_round_trip_in_pieces() {
         let frames = vec![
             Frame::Hello { from: 2, incarnation: 7, auth: hello_auth(b"k", 2, 7) },
-            Frame::Request { id: 1, body: Request::Propose(ClusterCommand::NodeUp { node: 2, now_ms: 1, grace_ms: 2 }) },
-            Frame::Reply { id: 1, body: Reply::Proposed(Outcome::Noop) },
-            Frame::Forward { seq: 9, room: "R".into(), session: SessionId(Uuid::from_u128(3)), messages: vec!["m".into()] },
+            Frame::Request { id: 1, body: Request::Propose(ClusterCommand::NodeUp { node: 2, incarnation: 5, now_ms: 1, grace_ms: 2 }) },
+            Frame::Reply { id: 1, body: Reply::Proposed { outcome: Outcome::Noop, index: 4 } },
+            Frame::Forward { seq: 9, room: "R".into(), session: SessionId(Uuid::from_u128(3)), messages: vec!["m".into()], barrier: 3, floor: 9 },
+            Frame::Welcome { incarnation: 8 },
             Frame::Ack { seq: 9 },
             Frame::Ping { nonce: 4 },
         ];

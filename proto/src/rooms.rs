@@ -43,6 +43,52 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// Identifies a message forwarded over a peer link (the link's sender, its life, the receiving
+/// node and the frame's sequence number), so that the receiving node delivers it once even when
+/// it comes again another way (sent again through the log after the link was given up on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ForwardTag {
+    /// The node that forwarded it.
+    pub from: NodeId,
+    /// That node's life (a random number per process start).
+    pub incarnation: u64,
+    /// The node it was forwarded to.
+    pub to: NodeId,
+    /// The forward frame's sequence number on that link.
+    pub seq: u64,
+}
+
+/// A signaling message on its way to a socket, with the forward it already travelled in, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message, exactly as the client sent it.
+    pub body: String,
+    /// Set when the message was forwarded to a node before and is now sent again another way.
+    pub tag: Option<ForwardTag>,
+}
+
+impl From<String> for Envelope {
+    fn from(body: String) -> Self {
+        Envelope { body, tag: None }
+    }
+}
+
+impl From<&str> for Envelope {
+    fn from(body: &str) -> Self {
+        Envelope { body: body.to_owned(), tag: None }
+    }
+}
+
+/// Where a run of socket messages comes from: the socket and the number of the first message it
+/// sent in the run. A run proposed twice (a retry after an unanswered proposal) applies once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The sending socket.
+    pub session: SessionId,
+    /// The socket's number for the first message of the run (1, 2, … per socket).
+    pub first: u64,
+}
+
 /// Where a Collider client's socket lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Binding {
@@ -92,9 +138,17 @@ pub enum Command {
     Message { room: String, client: String, body: String, now_ms: u64 },
     /// Collider `register` from a WebSocket at `at`.
     Register { room: String, client: String, at: Binding, now_ms: u64 },
-    /// Collider send (`send` frame or HTTP `POST /{room}/{client}`) that may change state:
-    /// creates the sender or queues the message.
+    /// Collider HTTP `POST /{room}/{client}` that may change state: creates the sender or queues
+    /// the message.
     Send { room: String, client: String, body: String, now_ms: u64 },
+    /// A run of `send` frames from a registered socket that cannot go straight to the peer (it
+    /// has not registered). Unlike [`Command::Send`] it never creates the sender: a socket whose
+    /// client was removed (`DELETE`) may still have frames in flight, and they must not bring a
+    /// phantom client back. Queued beyond `queue_cap` messages are dropped, as Collider does.
+    Relay { room: String, client: String, bodies: Vec<String>, origin: Origin, now_ms: u64 },
+    /// Messages from `client` that were forwarded towards a node that was then lost, sent again:
+    /// they go before anything `client` queued since, or to the peer if it is bound again.
+    Reclaim { room: String, client: String, messages: Vec<Envelope>, now_ms: u64 },
     /// The socket at `at` ended; the client gets the register grace period.
     Unbind { room: String, client: String, at: Binding, now_ms: u64 },
     /// Collider `DELETE /{room}/{client}`.
@@ -105,6 +159,25 @@ pub enum Command {
     /// to register again anywhere; a client that does not is evicted and its peer is sent the
     /// `bye` a leaving client would have sent.
     UnbindNode { node: NodeId, now_ms: u64, grace_ms: u64 },
+}
+
+impl Command {
+    /// The time the command carries (every command carries one).
+    pub fn now_ms_mut(&mut self) -> &mut u64 {
+        match self {
+            Command::Join { now_ms, .. }
+            | Command::Leave { now_ms, .. }
+            | Command::Message { now_ms, .. }
+            | Command::Register { now_ms, .. }
+            | Command::Send { now_ms, .. }
+            | Command::Relay { now_ms, .. }
+            | Command::Reclaim { now_ms, .. }
+            | Command::Unbind { now_ms, .. }
+            | Command::Remove { now_ms, .. }
+            | Command::Tick { now_ms }
+            | Command::UnbindNode { now_ms, .. } => now_ms,
+        }
+    }
 }
 
 /// The one message the server ever writes into a room of its own: sent to the remaining peer
@@ -125,6 +198,8 @@ pub enum Outcome {
     Register(Result<(), RegisterError>),
     /// Answer to [`Command::Send`].
     Send(Result<SendOutcome, SendError>),
+    /// Answer to [`Command::Relay`] and [`Command::Reclaim`]: what became of the messages.
+    Relayed { delivered: usize, queued: usize, dropped: usize },
     /// Answer to [`Command::Unbind`]: whether the binding was current.
     Unbound(bool),
     /// Answer to [`Command::Remove`]: whether the client existed.
@@ -211,7 +286,7 @@ pub enum SendError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// Write these messages, in order, to the socket at `at`.
-    Deliver { room: String, to: String, at: Binding, messages: Vec<String> },
+    Deliver { room: String, to: String, at: Binding, messages: Vec<Envelope> },
     /// Close the socket at `at`: its client was removed.
     Close { room: String, client: String, at: Binding },
 }
@@ -258,7 +333,12 @@ struct Member {
 struct Client {
     id: String,
     binding: Option<Binding>,
-    queue: VecDeque<String>,
+    queue: VecDeque<Envelope>,
+    /// The last socket message applied from a socket of this client (see [`Origin`]).
+    relayed: Option<(SessionId, u64)>,
+    /// The latest forward sent again for this client, per link (a repeated `Reclaim` applies
+    /// once).
+    reclaimed: Vec<ForwardTag>,
     /// When an unbound client is removed.
     deadline_ms: Option<u64>,
     /// Its node was lost: if it does not come back, its peer gets a `bye`.
@@ -272,11 +352,14 @@ struct Room {
     clients: Vec<Client>,
     /// Last command that touched the room; idle rooms expire from here.
     touched_ms: u64,
+    /// Position (in the replicated order) of the last command that delivered a message in the
+    /// room: a message sent straight to a socket afterwards must not overtake it.
+    delivered_at: u64,
 }
 
 impl Room {
     fn new(now_ms: u64) -> Self {
-        Room { members: Vec::new(), clients: Vec::new(), touched_ms: now_ms }
+        Room { members: Vec::new(), clients: Vec::new(), touched_ms: now_ms, delivered_at: 0 }
     }
 
     fn is_empty(&self) -> bool {
@@ -456,9 +539,35 @@ impl Rooms {
         }
     }
 
+    /// Position of the last command that delivered a message in `room` (see
+    /// [`Rooms::apply_at`]); 0 if none or no such room.
+    pub fn delivered_at(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, |r| r.delivered_at)
+    }
+
     /// Applies one command. Deterministic: the same commands in the same order give the same
     /// state, outcomes and effects on every node.
     pub fn apply(&mut self, cmd: Command) -> Applied {
+        self.apply_at(0, cmd)
+    }
+
+    /// Applies the command at position `pos` of the replicated order (a Raft log index; 0 on a
+    /// single node), remembering it in every room it delivers a message in.
+    pub fn apply_at(&mut self, pos: u64, cmd: Command) -> Applied {
+        let applied = self.apply_inner(cmd);
+        if pos > 0 {
+            for e in &applied.effects {
+                if let Effect::Deliver { room, .. } = e {
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        r.delivered_at = r.delivered_at.max(pos);
+                    }
+                }
+            }
+        }
+        applied
+    }
+
+    fn apply_inner(&mut self, cmd: Command) -> Applied {
         let mut effects = Vec::new();
         let outcome = match cmd {
             Command::Join { room, client, loopback, now_ms } => {
@@ -474,7 +583,13 @@ impl Rooms {
                 Outcome::Register(self.register(room, client, at, now_ms, &mut effects))
             }
             Command::Send { room, client, body, now_ms } => {
-                Outcome::Send(self.send(room, client, body, now_ms, &mut effects))
+                Outcome::Send(self.send(room, client, body.into(), now_ms, &mut effects))
+            }
+            Command::Relay { room, client, bodies, origin, now_ms } => {
+                self.relay(room, client, bodies, origin, now_ms, &mut effects)
+            }
+            Command::Reclaim { room, client, messages, now_ms } => {
+                self.reclaim(room, client, messages, now_ms, &mut effects)
             }
             Command::Unbind { room, client, at, now_ms } => {
                 Outcome::Unbound(self.unbind(&room, &client, at, now_ms))
@@ -657,7 +772,7 @@ impl Rooms {
             self.refresh(&room, now_ms);
             return MessageOutcome::Stored;
         }
-        match self.send(room, client, body, now_ms, effects) {
+        match self.send(room, client, body.into(), now_ms, effects) {
             Ok(sent) => MessageOutcome::Sent(sent),
             Err(e) => MessageOutcome::SendFailed(e),
         }
@@ -686,6 +801,8 @@ impl Rooms {
             id: client.to_owned(),
             binding: None,
             queue: VecDeque::new(),
+            relayed: None,
+            reclaimed: Vec::new(),
             deadline_ms: None,
             bye_on_expiry: false,
         });
@@ -711,7 +828,9 @@ impl Rooms {
             .iter_mut()
             .find(|c| c.id == client)
             .expect("client_or_create made the client");
-        if c.binding.is_some() {
+        // The same socket registering again (its node asks after its bindings were released, or
+        // a retry of an unanswered proposal) is no duplicate.
+        if c.binding.is_some_and(|b| b != at) {
             return Err(RegisterError::Duplicated);
         }
         c.binding = Some(at);
@@ -719,7 +838,7 @@ impl Rooms {
         // The other client's queue is flushed to the newcomer, in order.
         if let Some(other) = r.clients.iter_mut().find(|c| c.id != client) {
             if !other.queue.is_empty() {
-                let messages: Vec<String> = other.queue.drain(..).collect();
+                let messages: Vec<Envelope> = other.queue.drain(..).collect();
                 effects.push(Effect::Deliver { room: room.clone(), to: client.clone(), at, messages });
             }
         }
@@ -732,16 +851,34 @@ impl Rooms {
         &mut self,
         room: String,
         client: String,
-        body: String,
+        body: Envelope,
         now_ms: u64,
         effects: &mut Vec<Effect>,
     ) -> Result<SendOutcome, SendError> {
         self.client_or_create(&room, &client, now_ms)?;
+        self.send_existing(room, client, body, effects)
+    }
+
+    /// Sends as `client`, which exists in `room`: to the bound peer, else onto its own queue.
+    fn send_existing(
+        &mut self,
+        room: String,
+        client: String,
+        body: Envelope,
+        effects: &mut Vec<Effect>,
+    ) -> Result<SendOutcome, SendError> {
         let queue_cap = self.limits.queue_cap;
         let r = self.rooms.get_mut(&room).expect("client_or_create made the room");
         if let Some(other) = r.other_client(&client) {
             if let Some(at) = other.binding {
                 let to = other.id.clone();
+                // Consecutive messages to one socket travel as one effect.
+                if let Some(Effect::Deliver { room: r, at: a, messages, .. }) = effects.last_mut() {
+                    if *r == room && *a == at {
+                        messages.push(body);
+                        return Ok(SendOutcome::Delivered);
+                    }
+                }
                 effects.push(Effect::Deliver { room, to, at, messages: vec![body] });
                 return Ok(SendOutcome::Delivered);
             }
@@ -756,6 +893,100 @@ impl Rooms {
         }
         c.queue.push_back(body);
         Ok(SendOutcome::Queued)
+    }
+
+    fn relay(
+        &mut self,
+        room: String,
+        client: String,
+        bodies: Vec<String>,
+        origin: Origin,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Outcome {
+        let total = bodies.len();
+        let Some(c) = self.rooms.get_mut(&room).and_then(|r| r.clients.iter_mut().find(|c| c.id == client)) else {
+            // Removed while these were in flight: Collider would have closed the socket first.
+            return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
+        };
+        let skip = match c.relayed {
+            Some((s, last)) if s == origin.session => (last + 1).saturating_sub(origin.first).min(total as u64) as usize,
+            _ => 0,
+        };
+        if skip < total {
+            c.relayed = Some((origin.session, origin.first + total as u64 - 1));
+        }
+        let (mut delivered, mut queued, mut dropped) = (0, 0, 0);
+        for body in bodies.into_iter().skip(skip) {
+            match self.send_existing(room.clone(), client.clone(), body.into(), effects) {
+                Ok(SendOutcome::Delivered) => delivered += 1,
+                Ok(SendOutcome::Queued) => queued += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        if delivered + queued > 0 {
+            self.refresh(&room, now_ms);
+        }
+        Outcome::Relayed { delivered, queued, dropped }
+    }
+
+    fn reclaim(
+        &mut self,
+        room: String,
+        client: String,
+        messages: Vec<Envelope>,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Outcome {
+        let total = messages.len();
+        let queue_cap = self.limits.queue_cap;
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
+        };
+        let Some(c) = r.clients.iter_mut().find(|c| c.id == client) else {
+            return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
+        };
+        // A run proposed again (its first proposal went unanswered) applies once: forwards of a
+        // link come in order, so what is not past the latest one seen was applied before.
+        let same_link = |a: &ForwardTag, b: &ForwardTag| (a.from, a.incarnation, a.to) == (b.from, b.incarnation, b.to);
+        let mut messages = messages;
+        messages.retain(|m| {
+            m.tag.is_none_or(|t| !c.reclaimed.iter().any(|seen| same_link(seen, &t) && t.seq <= seen.seq))
+        });
+        for t in messages.iter().filter_map(|m| m.tag) {
+            match c.reclaimed.iter_mut().find(|seen| same_link(seen, &t)) {
+                Some(seen) => seen.seq = seen.seq.max(t.seq),
+                None => {
+                    if c.reclaimed.len() >= 4 {
+                        c.reclaimed.remove(0);
+                    }
+                    c.reclaimed.push(t);
+                }
+            }
+        }
+        let skipped = total - messages.len();
+        let total = messages.len();
+        if let Some(other) = r.other_client(&client) {
+            if let Some(at) = other.binding {
+                let to = other.id.clone();
+                if total > 0 {
+                    effects.push(Effect::Deliver { room: room.clone(), to, at, messages });
+                }
+                self.refresh(&room, now_ms);
+                return Outcome::Relayed { delivered: total, queued: 0, dropped: skipped };
+            }
+        }
+        let Some(c) = r.clients.iter_mut().find(|c| c.id == client) else {
+            return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
+        };
+        // They were sent before anything now queued: they go first. What does not fit is the
+        // oldest, as a full queue would have refused them at the time.
+        let room_for = queue_cap.saturating_sub(c.queue.len()).min(total);
+        for m in messages.into_iter().skip(total - room_for).rev() {
+            c.queue.push_front(m);
+        }
+        self.refresh(&room, now_ms);
+        Outcome::Relayed { delivered: 0, queued: room_for, dropped: total - room_for + skipped }
     }
 
     fn unbind(&mut self, room: &str, client: &str, at: Binding, now_ms: u64) -> bool {
@@ -802,7 +1033,7 @@ impl Rooms {
                     room: room.to_owned(),
                     to: c.id.clone(),
                     at,
-                    messages: vec![BYE.to_owned()],
+                    messages: vec![BYE.into()],
                 });
             }
         }

@@ -1,30 +1,27 @@
 //! The internal listener: other nodes' peer links connect here. It checks the cluster secret in
-//! the first frame, answers requests (Raft RPCs, proposals for the leader, elections), hands
-//! forwarded signaling messages to the room registry once each, and answers pings.
+//! the first frame and welcomes the peer with this node's life, answers requests (Raft RPCs,
+//! proposals for the leader, elections), hands forwarded signaling messages to the room registry
+//! once each, acknowledges them once they reached their sockets, and answers pings.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use openraft::error::{ClientWriteError, RaftError};
 use switchboard_proto::cluster::{self, ClusterCommand, Frame, FrameReader, RaftRpc, Reply, Request};
-use switchboard_proto::rooms::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::ledger::{FrameAck, Ledger};
+use super::network::PeerLinks;
 use super::types::Raft;
 use crate::rooms::{RoomRegistry, ToRoom};
 
 /// Most inbound peer connections at once (a cluster has a handful of nodes).
 const MAX_PEER_CONNECTIONS: usize = 64;
-
-/// Per sending node: the life it is in and the last forward handed over, so a resent forward
-/// is delivered once.
-type Delivered = Arc<Mutex<HashMap<NodeId, (u64, u64)>>>;
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -32,11 +29,18 @@ pub struct InboundContext {
     pub raft: Raft,
     pub registry: Addr<RoomRegistry>,
     pub secret: Vec<u8>,
+    /// What arrived from whom, for once-only delivery and acknowledgements.
+    pub ledger: Arc<Ledger>,
+    /// This node's life, told to every peer that connects.
+    pub incarnation: u64,
+    /// How long a proposal forwarded to this node (as leader) may take.
+    pub propose_timeout: Duration,
+    /// Where to note that a peer was heard.
+    pub links: PeerLinks,
 }
 
 /// Accepts peer connections on `addr` until the process ends.
 pub async fn serve(listener: TcpListener, ctx: InboundContext) {
-    let delivered: Delivered = Arc::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -52,9 +56,8 @@ pub async fn serve(listener: TcpListener, ctx: InboundContext) {
             continue;
         };
         let ctx = ctx.clone();
-        let delivered = delivered.clone();
         actix::spawn(async move {
-            if let Err(e) = connection(stream, peer, ctx, delivered).await {
+            if let Err(e) = connection(stream, peer, ctx).await {
                 debug!(%peer, error = %e, "peer connection ended");
             }
             drop(permit);
@@ -62,7 +65,7 @@ pub async fn serve(listener: TcpListener, ctx: InboundContext) {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext, delivered: Delivered) -> anyhow::Result<()> {
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::default();
@@ -87,13 +90,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext, de
         }
     };
     info!(%peer, from, "peer connected");
-    {
-        let mut d = delivered.lock().unwrap_or_else(|p| p.into_inner());
-        let e = d.entry(from).or_insert((incarnation, 0));
-        if e.0 != incarnation {
-            *e = (incarnation, 0);
-        }
-    }
+    let handed_over = ctx.ledger.connect(from, incarnation);
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
     actix::spawn(async move {
@@ -117,10 +114,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext, de
             let _ = tx.try_send(b);
         }
     };
+    send(&tx, &Frame::Welcome { incarnation: ctx.incarnation });
 
+    let mut acked = 0;
     loop {
-        let mut acked = None;
+        let mut heard = false;
         while let Some(frame) = reader.next_frame()? {
+            heard = true;
             match frame {
                 Frame::Request { id, body } => {
                     let ctx = ctx.clone();
@@ -132,35 +132,37 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: InboundContext, de
                         }
                     });
                 }
-                Frame::Forward { seq, room, session, messages } => {
-                    let fresh = {
-                        let mut d = delivered.lock().unwrap_or_else(|p| p.into_inner());
-                        let e = d.entry(from).or_insert((incarnation, 0));
-                        if e.0 == incarnation && seq > e.1 {
-                            e.1 = seq;
-                            true
-                        } else {
-                            false
-                        }
-                    };
-                    if fresh {
+                Frame::Forward { seq, room, session, messages, barrier, floor } => {
+                    if ctx.ledger.receive(from, incarnation, seq, floor) {
                         metrics::counter!("switchboard_forwards_received_total").increment(1);
-                        ctx.registry.do_send(ToRoom { room, session, messages });
+                        let ack = Some(FrameAck { from, incarnation, seq });
+                        ctx.registry.do_send(ToRoom { room, session, messages, barrier, ack });
                     }
-                    acked = Some(seq);
                 }
                 Frame::Ping { nonce } => send(&tx, &Frame::Pong { nonce }),
                 other => debug!(from, frame = ?other, "unexpected frame on an inbound link"),
             }
         }
-        if let Some(seq) = acked {
-            send(&tx, &Frame::Ack { seq });
+        if heard {
+            ctx.links.heard_from(from);
         }
-        let n = rd.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
+        // Acknowledge what reached its sockets: after every read, and whenever a room hands a
+        // forward over.
+        let done = ctx.ledger.acknowledged(from, incarnation);
+        if done > acked {
+            acked = done;
+            send(&tx, &Frame::Ack { seq: done });
         }
-        reader.push(&buf[..n]);
+        tokio::select! {
+            read = rd.read(&mut buf) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.push(&buf[..n]);
+            }
+            _ = handed_over.notified() => {}
+        }
     }
 }
 
@@ -187,7 +189,11 @@ async fn handle(ctx: &InboundContext, body: Request) -> Reply {
                 Err(e) => Reply::Failed(format!("bad snapshot chunk: {e}")),
             },
         },
-        Request::Propose(cmd) => propose_here(&ctx.raft, cmd).await,
+        Request::Propose(cmd) => match tokio::time::timeout(ctx.propose_timeout, propose_here(&ctx.raft, cmd)).await {
+            Ok(reply) => reply,
+            // Nothing committed in time (no majority here): the proposer decides what next.
+            Err(_) => Reply::Failed("no quorum: the proposal did not commit in time".into()),
+        },
         Request::TriggerElect => match ctx.raft.trigger().elect().await {
             Ok(()) => Reply::Done,
             Err(e) => Reply::Failed(e.to_string()),
@@ -198,7 +204,7 @@ async fn handle(ctx: &InboundContext, body: Request) -> Reply {
 /// Applies a forwarded proposal if this node leads.
 pub async fn propose_here(raft: &Raft, cmd: ClusterCommand) -> Reply {
     match raft.client_write(cmd).await {
-        Ok(r) => Reply::Proposed(r.data),
+        Ok(r) => Reply::Proposed { outcome: r.data, index: r.log_id.index },
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Reply::NotLeader { leader: f.leader_id },
         Err(e) => Reply::Failed(e.to_string()),
     }

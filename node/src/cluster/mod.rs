@@ -7,9 +7,11 @@
 //! leader declares a silent node down (`NodeDown`) so its clients may register elsewhere; a
 //! node that starts declares itself up (`NodeUp`) so bindings of its earlier life are released.
 
+pub mod clock;
 pub mod handover;
 pub mod inbound;
 pub mod leader;
+pub mod ledger;
 pub mod liveness;
 pub mod load;
 pub mod log_store;
@@ -17,6 +19,7 @@ pub mod members;
 pub mod network;
 pub mod peer_link;
 pub mod propose;
+pub mod reclaim;
 pub mod state_machine;
 pub mod status;
 pub mod types;
@@ -38,6 +41,8 @@ use switchboard_proto::rooms::{Limits, NodeId};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use self::clock::ClusterClock;
+use self::ledger::Ledger;
 use self::network::PeerLinks;
 use self::state_machine::{SharedState, StateMachine};
 use self::types::{PeerInfo, Raft};
@@ -54,8 +59,15 @@ pub struct Cluster {
     pub links: PeerLinks,
     /// The applied state.
     pub state: SharedState,
+    /// Forwards this node received, for once-only delivery and acknowledgements.
+    pub ledger: Arc<Ledger>,
+    /// The last applied log index.
+    applied: tokio::sync::watch::Receiver<u64>,
+    clock: ClusterClock,
     cfg: ClusterSection,
     draining: AtomicBool,
+    /// A `NodeUp` of this node is being proposed.
+    announcing: AtomicBool,
 }
 
 impl Cluster {
@@ -77,14 +89,17 @@ impl Cluster {
                 metrics::gauge!("switchboard_raft_last_applied").set(l.index as f64);
             }
         });
-        let sm = StateMachine::open(id, raft_dir.clone(), state.clone(), registry.clone().recipient(), on_apply)?;
+        let (applied_tx, applied) = tokio::sync::watch::channel(0);
+        let sm = StateMachine::open(id, raft_dir.clone(), state.clone(), registry.clone().recipient(), applied_tx, on_apply)?;
         let incarnation: u64 = rand::random();
+        let (reclaims, reclaimed) = tokio::sync::mpsc::unbounded_channel();
         let links = PeerLinks::new(
             id,
             cfg.secret.as_bytes().to_vec(),
             incarnation,
             Duration::from_millis(cfg.node_down_after_ms),
             Arbiter::current(),
+            reclaims,
         );
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),
@@ -92,7 +107,9 @@ impl Cluster {
             election_timeout_min: cfg.election_timeout_ms,
             election_timeout_max: cfg.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
-            max_in_snapshot_log_to_keep: 1000,
+            // The log since the previous snapshot stays: a node whose latest snapshot is torn
+            // starts from the previous one and replays from there.
+            max_in_snapshot_log_to_keep: cfg.snapshot_logs,
             ..Default::default()
         }
         .validate()
@@ -104,9 +121,18 @@ impl Cluster {
         let listen: SocketAddr = cfg.listen.parse().with_context(|| format!("cluster.listen {:?}", cfg.listen))?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (cluster)"))?;
         info!(node = id, "cluster listener on {listen}");
+        let ledger = Arc::new(Ledger::new(id));
         actix::spawn(inbound::serve(
             listener,
-            inbound::InboundContext { raft: raft.clone(), registry: registry.clone(), secret: cfg.secret.as_bytes().to_vec() },
+            inbound::InboundContext {
+                raft: raft.clone(),
+                registry: registry.clone(),
+                secret: cfg.secret.as_bytes().to_vec(),
+                ledger: ledger.clone(),
+                incarnation,
+                propose_timeout: Duration::from_millis(cfg.propose_timeout_ms),
+                links: links.clone(),
+            },
         ));
 
         let peers: BTreeMap<NodeId, PeerInfo> = cfg
@@ -122,9 +148,21 @@ impl Cluster {
             }
         }
 
-        let cluster = Arc::new(Cluster { id, raft, links, state, cfg, draining: AtomicBool::new(false) });
-        cluster.clone().watch_metrics(registry.clone());
-        cluster.clone().announce_up(registry.clone());
+        let cluster = Arc::new(Cluster {
+            id,
+            raft,
+            links,
+            state,
+            ledger,
+            applied,
+            clock: ClusterClock::default(),
+            cfg,
+            draining: AtomicBool::new(false),
+            announcing: AtomicBool::new(false),
+        });
+        cluster.clone().watch(registry.clone());
+        cluster.clone().serve_reclaims(reclaimed);
+        cluster.clone().announce_up(registry.clone(), true);
         cluster.clone().leader_duties();
         Ok(cluster)
     }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::cluster::{RaftRpc, Reply, Request};
 use switchboard_proto::rooms::{NodeId, SessionId};
 
-use super::peer_link::{Call, Forward, HealthTable, LinkError, LinkHealth, PeerLink, Reclaim, Unacked};
+use super::peer_link::{Call, Forward, HealthTable, LinkContext, LinkError, LinkHealth, PeerLink, Reclaim, ReclaimSink, Unacked};
 use super::types::{PeerInfo, TypeConfig};
 
 /// This node's links to every other member, created as members appear.
@@ -26,29 +26,26 @@ pub struct PeerLinks {
 }
 
 struct Inner {
-    me: NodeId,
-    secret: Vec<u8>,
-    incarnation: u64,
-    down_after: Duration,
+    ctx: LinkContext,
     arbiter: ArbiterHandle,
     links: Mutex<HashMap<NodeId, (PeerInfo, Addr<PeerLink>)>>,
-    health: HealthTable,
+    /// When each node was last heard on its own connection to this one (inbound).
+    heard: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl PeerLinks {
-    /// Links of node `me` (whose life is `incarnation`), started on `arbiter`.
-    pub fn new(me: NodeId, secret: Vec<u8>, incarnation: u64, down_after: Duration, arbiter: ArbiterHandle) -> Self {
-        PeerLinks {
-            inner: Arc::new(Inner {
-                me,
-                secret,
-                incarnation,
-                down_after,
-                arbiter,
-                links: Mutex::new(HashMap::new()),
-                health: HealthTable::default(),
-            }),
-        }
+    /// Links of node `me` (whose life is `incarnation`), started on `arbiter`. Forwards meant
+    /// for a peer's earlier life are handed to `reclaims`.
+    pub fn new(
+        me: NodeId,
+        secret: Vec<u8>,
+        incarnation: u64,
+        down_after: Duration,
+        arbiter: ArbiterHandle,
+        reclaims: ReclaimSink,
+    ) -> Self {
+        let ctx = LinkContext { me, secret, incarnation, down_after, health: HealthTable::default(), reclaims };
+        PeerLinks { inner: Arc::new(Inner { ctx, arbiter, links: Mutex::new(HashMap::new()), heard: Mutex::new(HashMap::new()) }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (PeerInfo, Addr<PeerLink>)>> {
@@ -57,7 +54,7 @@ impl PeerLinks {
 
     /// The link to `node`, started if `info` is known and it has none (or its address changed).
     pub fn link(&self, node: NodeId, info: Option<&PeerInfo>) -> Option<Addr<PeerLink>> {
-        if node == self.inner.me {
+        if node == self.inner.ctx.me {
             return None;
         }
         let mut links = self.lock();
@@ -67,13 +64,8 @@ impl PeerLinks {
             }
         }
         let info = info?.clone();
-        let (me, secret, inc, down) =
-            (self.inner.me, self.inner.secret.clone(), self.inner.incarnation, self.inner.down_after);
-        let health = self.inner.health.clone();
-        let link_info = info.clone();
-        let addr = PeerLink::start_in_arbiter(&self.inner.arbiter, move |_| {
-            PeerLink::new(me, node, link_info, secret, inc, down, health)
-        });
+        let (ctx, link_info) = (self.inner.ctx.clone(), info.clone());
+        let addr = PeerLink::start_in_arbiter(&self.inner.arbiter, move |_| PeerLink::new(ctx, node, link_info));
         links.insert(node, (info, addr.clone()));
         Some(addr)
     }
@@ -92,15 +84,21 @@ impl PeerLinks {
         link.send(Call { body, timeout }).await.unwrap_or(Err(LinkError::Unreachable(node)))
     }
 
-    /// Forwards signaling messages from client `from` to a session on `node`.
-    pub fn forward(&self, node: NodeId, room: String, from: String, session: SessionId, messages: Vec<String>) -> bool {
+    /// Forwards signaling messages from client `from` to a session on `node`, to be written
+    /// there once `node` applied the log up to `barrier`.
+    pub fn forward(&self, node: NodeId, room: String, from: String, session: SessionId, messages: Vec<String>, barrier: u64) -> bool {
         match self.link(node, None) {
             Some(l) => {
-                l.do_send(Forward { room, from, session, messages });
+                l.do_send(Forward { room, from, session, messages, barrier });
                 true
             }
             None => false,
         }
+    }
+
+    /// This node's life.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.ctx.incarnation
     }
 
     /// Takes back what was forwarded to `node` and never acknowledged.
@@ -111,9 +109,21 @@ impl PeerLinks {
         }
     }
 
+    /// `node` was heard on its connection to this node.
+    pub fn heard_from(&self, node: NodeId) {
+        self.inner.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+    }
+
+    /// Whether `node` was heard within `window`, on this node's link to it or its own to this
+    /// node: a one-way partition leaves one of the two, and the node is alive.
+    pub fn alive(&self, node: NodeId, window: Duration) -> bool {
+        let out = self.health(node).is_some_and(|h| h.up || h.since.elapsed() < window);
+        out || self.inner.heard.lock().unwrap_or_else(|p| p.into_inner()).get(&node).is_some_and(|t| t.elapsed() < window)
+    }
+
     /// What the link to `node` knows of it.
     pub fn health(&self, node: NodeId) -> Option<LinkHealth> {
-        self.inner.health.read().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
+        self.inner.ctx.health.read().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
     }
 }
 

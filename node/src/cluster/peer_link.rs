@@ -1,7 +1,8 @@
 //! `PeerLink`: this node's connection to one other node. It carries requests (Raft RPCs,
 //! forwarded proposals) and their replies, and forwarded signaling messages, which stay buffered
-//! (bounded) until the peer acknowledges them and are sent again after a reconnect. Pings tell
-//! whether the peer is alive. It reconnects with backoff.
+//! (bounded) until the peer acknowledges them and are sent again after a reconnect — unless the
+//! peer came back as a new life (its sockets are gone): then they are handed back to go through
+//! the log. Pings tell whether the peer is alive. It reconnects with backoff.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use switchboard_proto::cluster::{self, Frame, FrameReader, Reply, Request};
-use switchboard_proto::rooms::{NodeId, SessionId};
+use switchboard_proto::rooms::{Envelope, ForwardTag, NodeId, SessionId};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,6 +60,8 @@ pub struct Forward {
     pub from: String,
     pub session: SessionId,
     pub messages: Vec<String>,
+    /// The peer writes them once it applied the log this far (see `Frame::Forward`).
+    pub barrier: u64,
 }
 
 /// Forwarded messages the peer never acknowledged, handed back because the peer was declared
@@ -67,12 +70,33 @@ pub struct Forward {
 #[rtype(result = "Vec<Unacked>")]
 pub struct Reclaim;
 
-/// One forward the peer did not acknowledge.
+/// One forward the peer did not acknowledge; its messages carry the forward's tag, so that the
+/// peer, should the frame have reached it after all, writes them once.
 #[derive(Debug, Clone)]
 pub struct Unacked {
     pub room: String,
     pub from: String,
-    pub messages: Vec<String>,
+    pub messages: Vec<Envelope>,
+}
+
+/// Where a link hands back forwards meant for sockets of a peer's earlier life.
+pub type ReclaimSink = mpsc::UnboundedSender<(NodeId, Vec<Unacked>)>;
+
+/// What every link of a node shares.
+#[derive(Clone)]
+pub struct LinkContext {
+    /// This node.
+    pub me: NodeId,
+    /// The cluster secret the Hello proves.
+    pub secret: Vec<u8>,
+    /// This node's life.
+    pub incarnation: u64,
+    /// A peer silent this long is dialled again.
+    pub down_after: Duration,
+    /// Every link's health.
+    pub health: HealthTable,
+    /// Where forwards meant for a peer's earlier life go.
+    pub reclaims: ReclaimSink,
 }
 
 /// What a link knows about its peer.
@@ -110,60 +134,59 @@ struct Disconnected {
 /// Shared view of every link's health, for liveness decisions and metrics.
 pub type HealthTable = Arc<RwLock<HashMap<NodeId, LinkHealth>>>;
 
+/// A forward kept until acknowledged: the encoded frame, its sender (which the frame leaves
+/// out) and the peer life it was meant for.
+struct Pending {
+    seq: u64,
+    frame: Vec<u8>,
+    from: String,
+    to_life: Option<u64>,
+}
+
 /// One per remote node.
 pub struct PeerLink {
-    me: NodeId,
+    ctx: LinkContext,
     peer: NodeId,
     info: PeerInfo,
-    secret: Vec<u8>,
-    incarnation: u64,
-    down_after: Duration,
     gen: u64,
     tx: Option<mpsc::Sender<Vec<u8>>>,
     pending: HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>,
     next_id: u64,
-    /// Encoded forwards not yet acknowledged, with their sender (which the frame leaves out).
-    unacked: VecDeque<(u64, Vec<u8>, String)>,
+    /// Forwards not yet acknowledged.
+    unacked: VecDeque<Pending>,
     next_seq: u64,
+    /// The peer's life, as its last Welcome said.
+    peer_incarnation: Option<u64>,
+    /// The current connection's Welcome came: forwards may go out.
+    welcomed: bool,
     last_heard: Instant,
     ping_sent: Option<(u64, Instant)>,
     backoff: Duration,
-    health: HealthTable,
 }
 
 impl PeerLink {
-    /// A link from `me` to `peer` at `info`.
-    pub fn new(
-        me: NodeId,
-        peer: NodeId,
-        info: PeerInfo,
-        secret: Vec<u8>,
-        incarnation: u64,
-        down_after: Duration,
-        health: HealthTable,
-    ) -> Self {
+    /// A link to `peer` at `info`.
+    pub fn new(ctx: LinkContext, peer: NodeId, info: PeerInfo) -> Self {
         PeerLink {
-            me,
+            ctx,
             peer,
             info,
-            secret,
-            incarnation,
-            down_after,
             gen: 0,
             tx: None,
             pending: HashMap::new(),
             next_id: 1,
             unacked: VecDeque::new(),
             next_seq: 1,
+            peer_incarnation: None,
+            welcomed: false,
             last_heard: Instant::now(),
             ping_sent: None,
             backoff: BACKOFF_MIN,
-            health,
         }
     }
 
     fn set_health(&self, up: bool, rtt: Option<Duration>) {
-        let mut h = self.health.write().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.ctx.health.write().unwrap_or_else(|p| p.into_inner());
         let e = h.entry(self.peer).or_insert(LinkHealth { up, since: Instant::now(), rtt });
         if e.up != up {
             e.up = up;
@@ -196,9 +219,9 @@ impl PeerLink {
         let gen = self.gen;
         let addr = self.info.raft_addr.clone();
         let hello = Frame::Hello {
-            from: self.me,
-            incarnation: self.incarnation,
-            auth: cluster::hello_auth(&self.secret, self.me, self.incarnation),
+            from: self.ctx.me,
+            incarnation: self.ctx.incarnation,
+            auth: cluster::hello_auth(&self.ctx.secret, self.ctx.me, self.ctx.incarnation),
         };
         let me = ctx.address();
         actix::spawn(async move {
@@ -258,6 +281,7 @@ impl PeerLink {
         if self.tx.take().is_some() {
             debug!(peer = self.peer, why, "peer connection lost");
         }
+        self.welcomed = false;
         for (_, waiter) in self.pending.drain() {
             let _ = waiter.send(Err(LinkError::Lost(self.peer)));
         }
@@ -284,7 +308,7 @@ impl Actor for PeerLink {
             if act.tx.is_none() {
                 return;
             }
-            if act.last_heard.elapsed() > act.down_after {
+            if act.last_heard.elapsed() > act.ctx.down_after {
                 // Silent peer: treat the connection as dead and dial again.
                 act.gen += 1;
                 act.drop_connection("no answer to pings", ctx);
@@ -308,14 +332,8 @@ impl Handler<Connected> for PeerLink {
         self.tx = Some(msg.tx);
         self.last_heard = Instant::now();
         self.backoff = BACKOFF_MIN;
-        self.set_health(true, None);
-        // Whatever was not acknowledged goes again; the peer drops what it already has.
-        let resend: Vec<Vec<u8>> = self.unacked.iter().map(|(_, f, _)| f.clone()).collect();
-        if let Some(tx) = &self.tx {
-            for f in resend {
-                let _ = tx.try_send(f);
-            }
-        }
+        // Up, and unacknowledged forwards sent again, once the peer's Welcome says it accepted
+        // this node and which life it is in.
     }
 }
 
@@ -344,10 +362,11 @@ impl Handler<Incoming> for PeerLink {
                 }
             }
             Frame::Ack { seq } => {
-                while self.unacked.front().is_some_and(|(s, _, _)| *s <= seq) {
+                while self.unacked.front().is_some_and(|p| p.seq <= seq) {
                     self.unacked.pop_front();
                 }
             }
+            Frame::Welcome { incarnation } => self.welcomed(incarnation),
             Frame::Pong { nonce } => {
                 if let Some((n, at)) = self.ping_sent {
                     if n == nonce {
@@ -358,6 +377,53 @@ impl Handler<Incoming> for PeerLink {
             }
             other => debug!(peer = self.peer, frame = ?other, "unexpected frame on an outgoing link"),
         }
+    }
+}
+
+impl PeerLink {
+    /// The peer said which life it is in. Forwards meant for an earlier life target sockets that
+    /// are gone: they go back to be sent through the log. The others go again; the peer drops
+    /// what it already has.
+    fn welcomed(&mut self, incarnation: u64) {
+        if self.peer_incarnation.is_some_and(|old| old != incarnation) {
+            info!(peer = self.peer, "peer restarted; its sockets are gone");
+        }
+        self.peer_incarnation = Some(incarnation);
+        self.welcomed = true;
+        self.set_health(true, None);
+        let (stale, live): (VecDeque<Pending>, VecDeque<Pending>) =
+            std::mem::take(&mut self.unacked).into_iter().partition(|p| p.to_life.is_some_and(|l| l != incarnation));
+        self.unacked = live;
+        if !stale.is_empty() {
+            let _ = self.ctx.reclaims.send((self.peer, self.decode(stale)));
+        }
+        for p in &mut self.unacked {
+            p.to_life = Some(incarnation);
+        }
+        if let Some(tx) = &self.tx {
+            for p in &self.unacked {
+                let _ = tx.try_send(p.frame.clone());
+            }
+        }
+    }
+
+    /// Decodes kept forwards (rare: only when they are handed back), tagging their messages.
+    fn decode(&self, pending: impl IntoIterator<Item = Pending>) -> Vec<Unacked> {
+        pending
+            .into_iter()
+            .filter_map(|p| {
+                let mut reader = FrameReader::default();
+                reader.push(&p.frame);
+                match reader.next_frame() {
+                    Ok(Some(Frame::Forward { room, messages, seq, .. })) => {
+                        let tag = ForwardTag { from: self.ctx.me, incarnation: self.ctx.incarnation, to: self.peer, seq };
+                        let messages = messages.into_iter().map(|body| Envelope { body, tag: Some(tag) }).collect();
+                        Some(Unacked { room, from: p.from, messages })
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
     }
 }
 
@@ -389,16 +455,20 @@ impl Handler<Forward> for PeerLink {
     fn handle(&mut self, msg: Forward, _: &mut Context<Self>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages };
-        let Ok(bytes) = cluster::encode(&frame) else { return };
         if self.unacked.len() >= FORWARD_BUFFER {
             self.unacked.pop_front();
             metrics::counter!("switchboard_forward_dropped_total").increment(1);
         }
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(bytes.clone());
+        let floor = self.unacked.front().map_or(seq, |p| p.seq);
+        let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages, barrier: msg.barrier, floor };
+        let Ok(bytes) = cluster::encode(&frame) else { return };
+        // Before the connection's Welcome the frame waits: the peer's life decides where it goes.
+        if self.welcomed {
+            if let Some(tx) = &self.tx {
+                let _ = tx.try_send(bytes.clone());
+            }
         }
-        self.unacked.push_back((seq, bytes, msg.from));
+        self.unacked.push_back(Pending { seq, frame: bytes, from: msg.from, to_life: self.peer_incarnation });
         metrics::counter!("switchboard_forwarded_total").increment(1);
     }
 }
@@ -407,20 +477,9 @@ impl Handler<Reclaim> for PeerLink {
     type Result = MessageResult<Reclaim>;
 
     fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) -> Self::Result {
-        // Taken, not copied: if the peer comes back, it must not get them a second time. Decoded
-        // here, on this rare path, rather than kept twice on the per-message one.
-        let unacked = self
-            .unacked
-            .drain(..)
-            .filter_map(|(_, bytes, from)| {
-                let mut reader = FrameReader::default();
-                reader.push(&bytes);
-                match reader.next_frame() {
-                    Ok(Some(Frame::Forward { room, messages, .. })) => Some(Unacked { room, from, messages }),
-                    _ => None,
-                }
-            })
-            .collect();
-        MessageResult(unacked)
+        // Taken, not copied: if the peer comes back, it must not get them a second time (and
+        // should one have reached it, its tag makes the peer write it once).
+        let pending = std::mem::take(&mut self.unacked);
+        MessageResult(self.decode(pending))
     }
 }

@@ -1,18 +1,22 @@
 //! The Raft state machine: `ClusterState` from `switchboard-proto`, applied in log order on every
-//! node. Applying hands the effects that name this node (deliver, close) to its room registry.
-//! Snapshots are the postcard state, kept in memory and in `snapshot.bin` so a restarted node
-//! starts from its latest snapshot and replays only the log after it.
+//! node. Every applied batch goes to the room registry with its log index and the effects that
+//! name this node (deliver, close), so that rooms order direct messages after them.
+//! Snapshots are the postcard state in `snapshot.bin`, written durably (fsync, then rename, the
+//! previous one kept as `snapshot.prev.bin`) with a format version and a checksum, so that a
+//! node killed mid-write starts from the last good snapshot and the log, never from a torn file.
 
-use std::io::Cursor;
-use std::path::PathBuf;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use actix::Recipient;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use switchboard_proto::cluster::ClusterState;
 use switchboard_proto::rooms::{Effect, NodeId, Outcome};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -21,7 +25,11 @@ use crate::rooms::ApplyEffects;
 /// The applied state, shared with readers (routing, pages, status).
 pub type SharedState = Arc<RwLock<ClusterState>>;
 
-#[derive(Serialize, Deserialize)]
+/// First bytes of a snapshot file: a name and the format version. A file of another version
+/// is refused with a clear error rather than misread.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SWBSNAP1";
+
+#[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
@@ -36,8 +44,9 @@ pub struct StateMachine {
     state: SharedState,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot_file: PathBuf,
+    dir: PathBuf,
     effects: Recipient<ApplyEffects>,
+    applied: watch::Sender<u64>,
     on_apply: OnApply,
 }
 
@@ -45,56 +54,127 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
 }
 
+fn current(dir: &Path) -> PathBuf {
+    dir.join("snapshot.bin")
+}
+
+fn previous(dir: &Path) -> PathBuf {
+    dir.join("snapshot.prev.bin")
+}
+
+/// Encodes a snapshot file: magic, payload length, SHA-256 of the payload, payload.
+fn encode_file(stored: &StoredSnapshot) -> Result<Vec<u8>, postcard::Error> {
+    let payload = postcard::to_allocvec(stored)?;
+    let mut out = Vec::with_capacity(payload.len() + 48);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Reads and checks a snapshot file; `Ok(None)` if there is none.
+fn read_file(path: &Path) -> anyhow::Result<Option<StoredSnapshot>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    anyhow::ensure!(bytes.len() >= 48, "{} is truncated ({} bytes)", path.display(), bytes.len());
+    anyhow::ensure!(&bytes[..8] == SNAPSHOT_MAGIC, "{} is not a snapshot of this version", path.display());
+    let len = u64::from_be_bytes(bytes[8..16].try_into()?) as usize;
+    let payload = &bytes[48..];
+    anyhow::ensure!(payload.len() == len, "{} is torn: {} of {len} bytes", path.display(), payload.len());
+    anyhow::ensure!(Sha256::digest(payload).as_slice() == &bytes[16..48], "{} fails its checksum", path.display());
+    Ok(Some(postcard::from_bytes(payload)?))
+}
+
+/// The newest good snapshot: the current file, else the previous one (a crash mid-write).
+fn read_latest(dir: &Path) -> Option<StoredSnapshot> {
+    for path in [current(dir), previous(dir)] {
+        match read_file(&path) {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "snapshot unusable; trying an older one"),
+        }
+    }
+    None
+}
+
+/// Writes a snapshot durably: a temporary file, fsynced, renamed over the current one (which
+/// becomes the previous one), then the directory fsynced.
+fn save_file(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::env::var_os("SWITCHBOARD_FAILPOINT").is_some_and(|v| v == "snapshot-torn-write") {
+        // Test hook: the process dies half-way through writing the current file, as an
+        // unsynced write would leave it after a power cut.
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(current(dir))?;
+        f.write_all(&bytes[..bytes.len() / 2])?;
+        f.sync_all()?;
+        std::process::abort();
+    }
+    let tmp = dir.join("snapshot.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    if current(dir).exists() {
+        std::fs::rename(current(dir), previous(dir))?;
+    }
+    std::fs::rename(&tmp, current(dir))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl StateMachine {
-    /// Opens the state machine, starting from `dir/snapshot.bin` if there is one.
+    /// Opens the state machine, starting from the latest good snapshot in `dir` if there is one.
+    /// `applied` follows the last applied log index.
     pub fn open(
         node: NodeId,
         dir: PathBuf,
         state: SharedState,
         effects: Recipient<ApplyEffects>,
+        applied: watch::Sender<u64>,
         on_apply: OnApply,
     ) -> anyhow::Result<Self> {
-        let snapshot_file = dir.join("snapshot.bin");
         let mut sm = StateMachine {
             node,
             state,
             last_applied: None,
             membership: StoredMembership::default(),
-            snapshot_file,
+            dir,
             effects,
+            applied,
             on_apply,
         };
-        if let Ok(bytes) = std::fs::read(&sm.snapshot_file) {
-            let stored: StoredSnapshot = postcard::from_bytes(&bytes)
-                .map_err(|e| anyhow::anyhow!("snapshot {} is corrupt: {e}", sm.snapshot_file.display()))?;
+        if let Some(stored) = read_latest(&sm.dir) {
             let restored = ClusterState::from_snapshot(&stored.data)
                 .map_err(|e| anyhow::anyhow!("snapshot state is corrupt: {e}"))?;
             *sm.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
             sm.last_applied = stored.meta.last_log_id;
             sm.membership = stored.meta.last_membership.clone();
+            sm.applied.send_replace(sm.last_applied.map_or(0, |l| l.index));
             info!(last_applied = ?sm.last_applied, "state restored from snapshot");
         }
         Ok(sm)
     }
 
-    fn dispatch(&self, effects: Vec<Effect>) {
-        let mine: Vec<Effect> = effects
-            .into_iter()
-            .filter(|e| match e {
-                Effect::Deliver { at, .. } | Effect::Close { at, .. } => at.node == self.node,
-            })
-            .collect();
-        if !mine.is_empty() {
-            self.effects.do_send(ApplyEffects(mine));
-        }
+    fn mine(&self, index: u64, effects: Vec<Effect>, out: &mut Vec<(u64, Effect)>) {
+        out.extend(
+            effects
+                .into_iter()
+                .filter(|e| match e {
+                    Effect::Deliver { at, .. } | Effect::Close { at, .. } => at.node == self.node,
+                })
+                .map(|e| (index, e)),
+        );
     }
 
-    #[allow(clippy::result_large_err)] // openraft's error type
-    fn save(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
-        let bytes = postcard::to_allocvec(stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let tmp = self.snapshot_file.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        std::fs::rename(&tmp, &self.snapshot_file).map_err(|e| sm_err(ErrorVerb::Write, e))
+    fn published(&self, resync: bool, effects: Vec<(u64, Effect)>) {
+        let through = self.last_applied.map_or(0, |l| l.index);
+        // The registry hears of every applied index (rooms wait on it), then readers.
+        self.effects.do_send(ApplyEffects { through, effects, resync });
+        self.applied.send_replace(through);
+        (self.on_apply)(&self.last_applied);
     }
 }
 
@@ -102,22 +182,19 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     data: Vec<u8>,
     meta: SnapshotMeta,
-    file: PathBuf,
+    dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let stored = StoredSnapshot { meta: self.meta.clone(), data: std::mem::take(&mut self.data) };
-        let bytes = postcard::to_allocvec(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let tmp = self.file.with_extension("tmp");
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &file)
-        })
-        .await
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let bytes = encode_file(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let dir = self.dir.clone();
+        // A failed save fails the snapshot: openraft then keeps the log it would have purged.
+        tokio::task::spawn_blocking(move || save_file(&dir, &bytes))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -140,11 +217,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
                 self.last_applied = Some(entry.log_id);
+                let index = entry.log_id.index;
                 match entry.payload {
                     EntryPayload::Blank => out.push(Outcome::Noop),
                     EntryPayload::Normal(cmd) => {
-                        let applied = state.apply(cmd);
-                        effects.extend(applied.effects);
+                        let applied = state.apply_at(index, cmd);
+                        self.mine(index, applied.effects, &mut effects);
                         out.push(applied.outcome);
                     }
                     EntryPayload::Membership(m) => {
@@ -154,8 +232,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        self.dispatch(effects);
-        (self.on_apply)(&self.last_applied);
+        self.published(false, effects);
         Ok(out)
     }
 
@@ -173,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: self.membership.clone(),
                 snapshot_id: id,
             },
-            file: self.snapshot_file.clone(),
+            dir: self.dir.clone(),
         }
     }
 
@@ -184,25 +261,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let restored = ClusterState::from_snapshot(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        // Durable before it counts: a node that applied it and then lost it would be behind the
+        // index it acknowledged.
+        let bytes = encode_file(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || save_file(&dir, &bytes))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        if let Err(e) = self.save(&stored) {
-            warn!(error = %e, "could not persist the installed snapshot");
-        }
         info!(last_applied = ?self.last_applied, "snapshot installed");
-        (self.on_apply)(&self.last_applied);
+        // The entries it covers were never applied here one by one: their effects on this
+        // node's sockets are unknown, so every room checks its sockets against the new state.
+        self.published(true, Vec::new());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(&self.snapshot_file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
+        let dir = self.dir.clone();
+        let stored = tokio::task::spawn_blocking(move || read_latest(&dir)).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(index: u64) -> StoredSnapshot {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("1-{index}"),
         };
-        let stored: StoredSnapshot = postcard::from_bytes(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        StoredSnapshot { meta, data: vec![index as u8; 100] }
+    }
+
+    #[test]
+    fn a_torn_snapshot_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        save_file(dir.path(), &encode_file(&stored(1)).unwrap()).unwrap();
+        save_file(dir.path(), &encode_file(&stored(2)).unwrap()).unwrap();
+        let latest = read_latest(dir.path()).unwrap();
+        assert_eq!(latest.meta.last_log_id.map(|l| l.index), Some(2));
+        // Tear the current file: the previous one is used.
+        let bytes = std::fs::read(current(dir.path())).unwrap();
+        std::fs::write(current(dir.path()), &bytes[..bytes.len() - 10]).unwrap();
+        assert!(read_file(&current(dir.path())).is_err());
+        assert_eq!(read_latest(dir.path()).unwrap().meta.last_log_id.map(|l| l.index), Some(1));
+        // A flipped byte fails the checksum.
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(current(dir.path()), &bad).unwrap();
+        assert!(read_file(&current(dir.path())).unwrap_err().to_string().contains("checksum"));
+        // Another version is refused by name.
+        std::fs::write(current(dir.path()), b"SWBSNAP9 and more bytes than the header needs.........").unwrap();
+        assert!(read_file(&current(dir.path())).unwrap_err().to_string().contains("version"));
     }
 }

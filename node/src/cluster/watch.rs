@@ -1,23 +1,24 @@
 //! The watcher: follows Raft's metrics and the applied state, keeps peer links and gauges in
-//! step, re-registers this node's sockets when its bindings were released, and sends again what
-//! was forwarded to a node declared down.
+//! step, and acts when liveness changes: this node declared down while alive re-registers its
+//! sockets and declares itself up again; another node declared down gets back, through the log,
+//! what was forwarded to it and never acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::Addr;
 use openraft::ServerState;
-use switchboard_proto::cluster::ClusterCommand;
-use switchboard_proto::rooms::{Command, NodeId};
+use switchboard_proto::rooms::NodeId;
 use tracing::{info, warn};
 
 use super::types::PeerInfo;
 use super::Cluster;
-use crate::rooms::{now_ms, RebindAll, RoomRegistry};
+use crate::rooms::{RebindAll, RoomRegistry};
 
 impl Cluster {
     /// Keeps links and metrics in step with Raft's view.
-    pub(super) fn watch_metrics(self: Arc<Self>, registry: Addr<RoomRegistry>) {
+    pub(super) fn watch(self: Arc<Self>, registry: Addr<RoomRegistry>) {
         let mut rx = self.raft.metrics();
         actix::spawn(async move {
             let mut was_up_here = true;
@@ -38,49 +39,28 @@ impl Cluster {
                 if let Some(age) = m.millis_since_quorum_ack {
                     metrics::gauge!("switchboard_raft_quorum_ack_age_ms").set(age as f64);
                 }
-                // Declared down while alive (a pause, a partition), or up again after a restart:
-                // the bindings of this node were released, so register its live sockets again.
-                let (up_here, now_down) = {
+                let (up_here, announced, now_down) = {
                     let state = self.state.read().unwrap_or_else(|p| p.into_inner());
                     let down: BTreeSet<NodeId> =
                         state.nodes().iter().filter(|(id, s)| **id != self.id && !s.up).map(|(id, _)| *id).collect();
-                    (state.is_up(self.id), down)
+                    let announced = state.node(self.id).is_some_and(|s| s.incarnation == self.links.incarnation());
+                    (state.is_up(self.id), announced, down)
                 };
-                if up_here != was_up_here {
-                    was_up_here = up_here;
+                // Declared down while alive (a pause, a partition): the bindings of this node
+                // were released. Register its live sockets again at once (their clients are in
+                // their grace), and say it is up again, as the same life.
+                if !up_here && was_up_here && announced && !self.draining.load(Ordering::Acquire) {
+                    warn!("this node was declared down while alive; registering its sockets again");
                     registry.do_send(RebindAll);
+                    self.clone().announce_up(registry.clone(), false);
                 }
-                // A node declared down: what was forwarded to it and never acknowledged goes
-                // again through the log, which now queues it for the client's next registration.
+                was_up_here = up_here;
                 for node in now_down.difference(&down) {
-                    self.clone().resend_unacknowledged(*node);
+                    self.clone().reclaim_from(*node);
                 }
                 down = now_down;
                 if rx.changed().await.is_err() {
                     return;
-                }
-            }
-        });
-    }
-
-    /// Sends again, through the log, the messages forwarded to `node` that it never
-    /// acknowledged (in their order), so that a client whose node died gets them once it
-    /// registers elsewhere.
-    fn resend_unacknowledged(self: Arc<Self>, node: NodeId) {
-        actix::spawn(async move {
-            let unacked = self.links.reclaim(node).await;
-            if unacked.is_empty() {
-                return;
-            }
-            let count: usize = unacked.iter().map(|u| u.messages.len()).sum();
-            info!(node, messages = count, "sending again what the lost node never acknowledged");
-            metrics::counter!("switchboard_forwards_resent_total").increment(count as u64);
-            for u in unacked {
-                for body in u.messages {
-                    let cmd = Command::Send { room: u.room.clone(), client: u.from.clone(), body, now_ms: now_ms() };
-                    if let Err(e) = self.propose(ClusterCommand::Room(cmd)).await {
-                        warn!(node, room = %u.room, error = %e, "could not send a lost node's message again");
-                    }
                 }
             }
         });

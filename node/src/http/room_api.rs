@@ -93,9 +93,9 @@ pub async fn message(
     let Ok(msg) = String::from_utf8(body.to_vec()) else {
         return result(ResultCode::Error);
     };
-    if let Route::Direct(at) = node.membership.read(|r| r.message_route(&room, &client)) {
+    if let (Route::Direct(at), barrier) = node.membership.read(|r| (r.message_route(&room, &client), r.delivered_at(&room))) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(&room, &client, at, msg);
+        node.deliver(&room, &client, at, msg, barrier);
         return result(ResultCode::Success);
     }
     let cmd = Command::Message { room: room.clone(), client: client.clone(), body: msg, now_ms: now_ms() };

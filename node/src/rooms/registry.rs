@@ -1,21 +1,34 @@
 //! `RoomRegistry`: room id → the `RoomActor` holding this node's sockets of that room. Rooms are
-//! started when a socket registers and stopped when their last local socket is gone.
+//! started when a socket registers and stopped when their last local socket is gone. Applied
+//! effects and direct deliveries pass through here in order, so a room can tell when every
+//! effect up to a log index has reached it. The registry never waits on a room's proposals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix::prelude::*;
 use switchboard_proto::rooms::{Effect, SessionId};
 use tracing::debug;
 
-use super::room::{Attach, AttachError, RoomActor, StopIfIdle};
+use super::room::{Attach, AttachError, DeliverLocal, Resync, RoomActor, RoomEffect, StopIfIdle, Synced};
+use crate::cluster::ledger::FrameAck;
 use crate::membership::Membership;
 
-/// Effects of applied commands that concern this node's sockets.
+/// What one applied batch of commands did to this node's sockets: the effects with their log
+/// index, and the last index of the batch (0 on a single node, where there is no log).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ApplyEffects(pub Vec<Effect>);
+pub struct ApplyEffects {
+    /// Every command up to this log index has been applied.
+    pub through: u64,
+    /// Effects that name this node's sockets, with the index of the command that made each.
+    pub effects: Vec<(u64, Effect)>,
+    /// The state jumped to `through` (a snapshot was installed): the effects in between were
+    /// never seen here, so every room checks its sockets against the state.
+    pub resync: bool,
+}
 
-/// A delivery decided outside the room actor (HTTP `POST /message` or Collider `POST`).
+/// A delivery decided outside the room actor (HTTP `POST /message`, Collider `POST`, or a
+/// forward from another node).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ToRoom {
@@ -25,6 +38,10 @@ pub struct ToRoom {
     pub session: SessionId,
     /// Messages, in order.
     pub messages: Vec<String>,
+    /// Written only after every effect up to this log index (see `Frame::Forward`).
+    pub barrier: u64,
+    /// The forward frame to acknowledge once written.
+    pub ack: Option<FrameAck>,
 }
 
 /// A session registers as `client` in `room`; answered with the room actor to relay through.
@@ -51,16 +68,29 @@ pub(super) struct RoomIdle {
     pub room: String,
 }
 
+/// Asked by a room holding a direct delivery: answer with [`Synced`] once every effect up to
+/// `index` went to the room.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct Sync {
+    pub room: String,
+    pub index: u64,
+}
+
 /// One per node.
 pub struct RoomRegistry {
     membership: Membership,
     rooms: HashMap<String, Addr<RoomActor>>,
+    /// Every applied effect up to this log index has been passed to its room.
+    dispatched: u64,
+    /// Rooms waiting for `dispatched` to reach an index.
+    syncs: BTreeMap<u64, Vec<String>>,
 }
 
 impl RoomRegistry {
     /// A registry whose rooms use `membership`.
     pub fn new(membership: Membership) -> Self {
-        RoomRegistry { membership, rooms: HashMap::new() }
+        RoomRegistry { membership, rooms: HashMap::new(), dispatched: 0, syncs: BTreeMap::new() }
     }
 
     fn room(&mut self, name: &str, arbiter: &actix::ArbiterHandle, ctx: &mut Context<Self>) -> Addr<RoomActor> {
@@ -76,6 +106,25 @@ impl RoomRegistry {
     /// Number of rooms with a socket on this node.
     fn local_rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    fn release_syncs(&mut self) {
+        while let Some(entry) = self.syncs.first_entry() {
+            if *entry.key() > self.dispatched {
+                break;
+            }
+            for room in entry.remove() {
+                if let Some(addr) = self.rooms.get(&room) {
+                    addr.do_send(Synced { through: self.dispatched });
+                }
+            }
+        }
+    }
+
+    fn ack(&self, ack: Option<FrameAck>) {
+        if let (Some(ack), Some(c)) = (ack, self.membership.as_cluster()) {
+            c.ledger.done(ack);
+        }
     }
 }
 
@@ -103,16 +152,23 @@ impl Handler<ApplyEffects> for RoomRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyEffects, _: &mut Context<Self>) {
-        for effect in msg.0 {
+        for (index, effect) in msg.effects {
             let room = match &effect {
                 Effect::Deliver { room, .. } | Effect::Close { room, .. } => room,
             };
             match self.rooms.get(room) {
-                Some(addr) => addr.do_send(super::room::RoomEffect(effect)),
+                Some(addr) => addr.do_send(RoomEffect { index, effect }),
                 // No socket of that room here (it closed meanwhile): nothing to write to.
                 None => debug!(?effect, "effect for a room without local sockets dropped"),
             }
         }
+        self.dispatched = self.dispatched.max(msg.through);
+        if msg.resync {
+            for addr in self.rooms.values() {
+                addr.do_send(Resync { through: msg.through });
+            }
+        }
+        self.release_syncs();
     }
 }
 
@@ -121,8 +177,31 @@ impl Handler<ToRoom> for RoomRegistry {
 
     fn handle(&mut self, msg: ToRoom, _: &mut Context<Self>) {
         match self.rooms.get(&msg.room) {
-            Some(addr) => addr.do_send(super::room::DeliverLocal { session: msg.session, messages: msg.messages }),
-            None => debug!(room = %msg.room, "delivery to a room without local sockets dropped"),
+            Some(addr) => addr.do_send(DeliverLocal {
+                session: msg.session,
+                messages: msg.messages,
+                barrier: msg.barrier,
+                watermark: self.dispatched,
+                ack: msg.ack,
+            }),
+            None => {
+                debug!(room = %msg.room, "delivery to a room without local sockets dropped");
+                self.ack(msg.ack);
+            }
+        }
+    }
+}
+
+impl Handler<Sync> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Sync, _: &mut Context<Self>) {
+        if msg.index <= self.dispatched {
+            if let Some(addr) = self.rooms.get(&msg.room) {
+                addr.do_send(Synced { through: self.dispatched });
+            }
+        } else {
+            self.syncs.entry(msg.index).or_default().push(msg.room);
         }
     }
 }
@@ -142,8 +221,9 @@ impl Handler<RoomIdle> for RoomRegistry {
 
     fn handle(&mut self, msg: RoomIdle, ctx: &mut Context<Self>) {
         let Some(addr) = self.rooms.get(&msg.room).cloned() else { return };
-        // Block this registry until the room answers: any Attach routed to it earlier is ahead
-        // of StopIfIdle in its mailbox, so "idle" really means no socket will arrive.
+        // Wait for the room's answer before routing anything else: any Attach routed to it
+        // earlier is ahead of StopIfIdle in its mailbox, so "idle" really means no socket will
+        // arrive. Rooms answer at once (they never wait on a proposal), so this is short.
         addr.send(StopIfIdle)
             .into_actor(self)
             .map(move |res, act, _| {

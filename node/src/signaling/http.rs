@@ -80,9 +80,9 @@ pub async fn collider_handler(
 /// Collider's `send(room, client, msg)`: straight to a bound peer when nothing changes,
 /// otherwise through the membership (creating the sender, queueing the message).
 pub async fn send(node: &Node, room: &str, client: &str, msg: String) -> Result<(), String> {
-    if let Route::Direct(at) = node.membership.read(|r| r.collider_route(room, client)) {
+    if let (Route::Direct(at), barrier) = node.membership.read(|r| (r.collider_route(room, client), r.delivered_at(room))) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(room, client, at, msg);
+        node.deliver(room, client, at, msg, barrier);
         return Ok(());
     }
     metrics::counter!("switchboard_messages_total", "path" => "log").increment(1);

@@ -207,9 +207,10 @@ impl SignalingSession {
                 };
                 let relay = Relay { session: self.id, msg };
                 if reg.addr.try_send(relay).is_err() {
+                    // Collider drops what it cannot queue without an error frame, and Android's
+                    // AppRTCMobile treats any error frame as fatal.
                     debug!(session = %self.id, "room mailbox full; message dropped");
                     metrics::counter!("switchboard_errors_total", "kind" => "room_busy").increment(1);
-                    self.send_error("Too many messages in flight", false, ctx);
                 }
             }
             Err(e) => {

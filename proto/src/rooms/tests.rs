@@ -351,6 +351,126 @@ fn lost_node_clients_rebind_or_are_evicted_with_bye() {
     assert!(t.effects.is_empty(), "{:?}", t.effects);
 }
 
+fn relay(r: &mut Rooms, room: &str, client: &str, session: u128, first: u64, bodies: &[&str]) -> Applied {
+    r.apply(Command::Relay {
+        room: room.into(),
+        client: client.into(),
+        bodies: bodies.iter().map(|b| b.to_string()).collect(),
+        origin: Origin { session: SessionId(Uuid::from_u128(session)), first },
+        now_ms: T0,
+    })
+}
+
+fn bodies(msgs: &[Envelope]) -> Vec<&str> {
+    msgs.iter().map(|m| m.body.as_str()).collect()
+}
+
+/// A socket's run of messages: delivered to a bound peer as one effect, queued otherwise, and a
+/// run proposed again (a retry) applies once.
+#[test]
+fn relay_runs_apply_once() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    let x = relay(&mut r, "R", "a", 1, 1, &["m1", "m2"]);
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 2, dropped: 0 });
+    assert_eq!(relay(&mut r, "R", "a", 1, 1, &["m1", "m2"]).outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 0 }, "a retry");
+    assert_eq!(relay(&mut r, "R", "a", 1, 2, &["m2", "m3"]).outcome, Outcome::Relayed { delivered: 0, queued: 1, dropped: 0 }, "overlap");
+    assert_eq!(r.queued("R", "a"), 3);
+    let reg = register(&mut r, "R", "b", at(2, 2), T0);
+    match &reg.effects[..] {
+        [Effect::Deliver { to, messages, .. }] => {
+            assert_eq!(to, "b");
+            assert_eq!(bodies(messages), vec!["m1", "m2", "m3"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let x = relay(&mut r, "R", "a", 1, 4, &["m4", "m5"]);
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 2, queued: 0, dropped: 0 });
+    match &x.effects[..] {
+        [Effect::Deliver { messages, .. }] => assert_eq!(bodies(messages), vec!["m4", "m5"], "one effect"),
+        other => panic!("{other:?}"),
+    }
+    // Another socket of the same client numbers from 1 again.
+    assert_eq!(relay(&mut r, "R", "a", 7, 1, &["n1"]).outcome, Outcome::Relayed { delivered: 1, queued: 0, dropped: 0 });
+}
+
+/// The hang-up race: a socket's last `send` (its bye) applied after its client's `DELETE` must
+/// not bring the client back as a phantom that fills the room.
+#[test]
+fn relay_after_remove_creates_no_phantom() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    r.apply(Command::Remove { room: "R".into(), client: "a".into(), now_ms: T0 });
+    assert_eq!(r.room_count(), 0);
+    assert_eq!(relay(&mut r, "R", "a", 1, 1, &[BYE]).outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
+    assert_eq!(r.room_count(), 0, "no phantom client");
+}
+
+/// Beyond the queue cap a socket's messages are dropped silently (Collider ignores the error on
+/// the socket path), and what was queued stays.
+#[test]
+fn relay_beyond_the_queue_cap_drops_silently() {
+    let mut r = Rooms::new(Limits { queue_cap: 3, ..Limits::default() });
+    register(&mut r, "R", "a", at(1, 1), T0);
+    let x = relay(&mut r, "R", "a", 1, 1, &["1", "2", "3", "4", "5"]);
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 3, dropped: 2 });
+    assert_eq!(r.queued("R", "a"), 3);
+}
+
+/// Messages sent again after their node was lost go before what was queued since, or straight
+/// to the peer when it is bound again; their tags travel with them.
+#[test]
+fn reclaim_goes_first() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    register(&mut r, "R", "b", at(2, 2), T0);
+    r.apply(Command::UnbindNode { node: 2, now_ms: T0, grace_ms: 1000 });
+    relay(&mut r, "R", "a", 1, 1, &["new"]);
+    let tag = ForwardTag { from: 1, incarnation: 9, to: 2, seq: 4 };
+    let old = Envelope { body: "old".into(), tag: Some(tag) };
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old.clone()], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 1, dropped: 0 });
+    let reg = register(&mut r, "R", "b", at(3, 3), T0);
+    match &reg.effects[..] {
+        [Effect::Deliver { messages, .. }] => {
+            assert_eq!(bodies(messages), vec!["old", "new"]);
+            assert_eq!(messages[0].tag, Some(tag));
+        }
+        other => panic!("{other:?}"),
+    }
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 }, "a repeated run applies once");
+    let newer = Envelope { body: "newer".into(), tag: Some(ForwardTag { seq: 5, ..tag }) };
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![newer], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 1, queued: 0, dropped: 0 }, "the peer is bound again");
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "gone".into(), messages: vec!["m".into()], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
+}
+
+/// The same socket registering again is no duplicate; another socket is.
+#[test]
+fn register_again_from_the_same_socket() {
+    let mut r = rooms();
+    assert_eq!(register(&mut r, "R", "a", at(1, 1), T0).outcome, Outcome::Register(Ok(())));
+    assert_eq!(register(&mut r, "R", "a", at(1, 1), T0).outcome, Outcome::Register(Ok(())));
+    assert_eq!(register(&mut r, "R", "a", at(1, 2), T0).outcome, Outcome::Register(Err(RegisterError::Duplicated)));
+}
+
+/// The position of the last command that delivered a message is kept per room.
+#[test]
+fn delivered_at_follows_deliveries() {
+    let mut r = rooms();
+    r.apply_at(5, Command::Register { room: "R".into(), client: "a".into(), at: at(1, 1), now_ms: T0 });
+    assert_eq!(r.delivered_at("R"), 0, "nothing delivered yet");
+    r.apply_at(6, Command::Send { room: "R".into(), client: "a".into(), body: "q".into(), now_ms: T0 });
+    assert_eq!(r.delivered_at("R"), 0, "queued, not delivered");
+    r.apply_at(7, Command::Register { room: "R".into(), client: "b".into(), at: at(2, 2), now_ms: T0 });
+    assert_eq!(r.delivered_at("R"), 7, "the flush delivered");
+    r.apply_at(8, Command::Send { room: "R".into(), client: "b".into(), body: "x".into(), now_ms: T0 });
+    assert_eq!(r.delivered_at("R"), 8);
+    assert_eq!(r.delivered_at("other"), 0);
+}
+
 /// A tiny deterministic generator, so the property test needs no dependency.
 struct Lcg(u64);
 impl Lcg {
@@ -369,7 +489,14 @@ fn random_command(g: &mut Lcg, now: u64) -> Command {
         1 => Command::Leave { room, client, now_ms: now },
         2 => Command::Message { room, client, body: format!("m{now}"), now_ms: now },
         3 => Command::Register { room, client, at: b, now_ms: now },
-        4 => Command::Send { room, client, body: format!("s{now}"), now_ms: now },
+        4 if g.next(2) == 0 => Command::Send { room, client, body: format!("s{now}"), now_ms: now },
+        4 => Command::Relay {
+            room,
+            client,
+            bodies: vec![format!("w{now}"), format!("x{now}")],
+            origin: Origin { session: b.session, first: g.next(6) + 1 },
+            now_ms: now,
+        },
         5 => Command::Unbind { room, client, at: b, now_ms: now },
         6 if g.next(4) == 0 => Command::UnbindNode { node: g.next(3) + 1, now_ms: now, grace_ms: 30 },
         6 => Command::Remove { room, client, now_ms: now },
