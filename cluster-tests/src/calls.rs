@@ -211,11 +211,26 @@ impl Socket {
                         None => format!("{what}: unexpected message at position {i}: {m} (wanted {want})"),
                     }));
                 }
-                Incoming::Error(e) => return Err(CallError::Violation(format!("{what}: error frame {e:?} at position {i}"))),
+                // Collider's own refusals (a registration the server could not apply): a clear
+                // error, not a broken rule.
+                Incoming::Error(e) => return Err(CallError::Refused(format!("{what}: error frame {e:?} at position {i}"))),
                 Incoming::Closed(why) => return Err(CallError::Lost(format!("{what}: socket closed at message {i}: {why}"))),
             }
         }
         Ok(first.unwrap_or_else(Instant::now))
+    }
+
+    /// An error frame or the end of the socket already received, if any (what else was
+    /// received is dropped: the call has failed anyway).
+    fn failure(&mut self) -> Option<String> {
+        while let Ok(i) = self.rx.try_recv() {
+            match i {
+                Incoming::Msg(_) => {}
+                Incoming::Error(e) => return Some(format!("error frame {e:?}")),
+                Incoming::Closed(why) => return Some(format!("closed: {why}")),
+            }
+        }
+        None
     }
 
     async fn close(mut self) {
@@ -317,6 +332,15 @@ async fn post_message(http: &Http, room: &str, client: &str, msg: &str, within: 
     Ok(())
 }
 
+/// A message did not come: if the sender's own socket was refused meanwhile (an error frame to
+/// its registration), the call failed with that clear error; otherwise the message was lost.
+fn refused_elsewhere(sender: &mut Socket, who: &str, lost: String) -> CallError {
+    match sender.failure() {
+        Some(why) => CallError::Refused(format!("{who}'s socket: {why} ({lost})")),
+        None => CallError::Lost(lost),
+    }
+}
+
 /// Hangs up as the web client does: `bye` over the socket, Collider `DELETE`, `/leave`.
 async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: Duration) -> Result<(), CallError> {
     ws.send_msg(BYE).await?;
@@ -335,8 +359,31 @@ async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: 
     Ok(())
 }
 
-/// One whole call between nodes `na` and `nb` (indexes into `clients`' targets).
+/// One whole call between nodes `na` and `nb` (indexes into `clients`' targets). A call that
+/// fails leaves the room as a client that gives up would (both leave, best effort), so rooms of
+/// failed calls do not linger for the room's idle time.
 pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb: usize) -> Result<CallOk, CallError> {
+    let mut joined = Vec::new();
+    let result = call_steps(clients, spec, room, na, nb, &mut joined).await;
+    if result.is_err() {
+        for (node, client) in joined {
+            let http = &clients.http[node];
+            let quick = Duration::from_secs(2);
+            let _ = tokio::time::timeout(quick, http.collider_delete(room, &client)).await;
+            let _ = tokio::time::timeout(quick, http.leave(room, &client)).await;
+        }
+    }
+    result
+}
+
+async fn call_steps(
+    clients: &Clients,
+    spec: &CallSpec,
+    room: &str,
+    na: usize,
+    nb: usize,
+    joined: &mut Vec<(usize, String)>,
+) -> Result<CallOk, CallError> {
     let t = spec.step_timeout;
     let (ha, hb) = (&clients.http[na], &clients.http[nb]);
     let (wa_url, wb_url) = (clients.targets[na].ws(), clients.targets[nb].ws());
@@ -350,6 +397,7 @@ pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb:
     };
 
     let (a, a_init, a_msgs) = join(ha, room, t, "A").await?;
+    joined.push((na, a.clone()));
     if !a_init || !a_msgs.is_empty() {
         return Err(CallError::Violation(format!("first joiner: initiator={a_init}, messages={a_msgs:?}")));
     }
@@ -364,6 +412,7 @@ pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb:
 
     mark("A stored");
     let (b, b_init, b_msgs) = join(hb, room, t, "B").await?;
+    joined.push((nb, b.clone()));
     if b_init {
         return Err(CallError::Violation("second joiner is the initiator".into()));
     }
@@ -378,7 +427,10 @@ pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb:
     for m in &from_b {
         wb.send_msg(m).await?;
     }
-    let first = wa.expect_seq(&from_b, t, "A receiving B's socket messages").await?;
+    let first = match wa.expect_seq(&from_b, t, "A receiving B's socket messages").await {
+        Err(CallError::Lost(e)) => return Err(refused_elsewhere(&mut wb, "B", e)),
+        other => other?,
+    };
     mark("A got B's");
     let setup = first - started;
     checked += from_b.len();
@@ -387,7 +439,10 @@ pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb:
     for m in &posted {
         post_message(ha, room, &a, m, t).await?;
     }
-    wb.expect_seq(&posted, t, "B receiving A's posted messages").await?;
+    match wb.expect_seq(&posted, t, "B receiving A's posted messages").await {
+        Err(CallError::Lost(e)) => return Err(refused_elsewhere(&mut wa, "A", e)),
+        other => other?,
+    };
     mark("B got A's posts");
     checked += posted.len();
 
@@ -468,14 +523,14 @@ pub struct RunSpec {
 pub type Allowed = Arc<dyn Fn() -> Vec<usize> + Send + Sync>;
 
 /// Runs calls and returns every call's record.
-pub async fn run(targets: &[Target], spec: RunSpec, allowed: Allowed, audit: RoomAudit) -> Vec<CallRecord> {
+pub async fn run(targets: Vec<Target>, spec: RunSpec, allowed: Allowed, audit: RoomAudit) -> Vec<CallRecord> {
     let records = Arc::new(Mutex::new(Vec::new()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
     for w in 0..spec.concurrency {
         let (records, next, allowed, audit, spec) = (records.clone(), next.clone(), allowed.clone(), audit.clone(), spec.clone());
-        let clients = Clients::new(targets);
+        let clients = Clients::new(&targets);
         workers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
             loop {

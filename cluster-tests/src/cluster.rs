@@ -18,6 +18,7 @@ pub struct Cluster {
     /// Node processes; index 0 is node 1.
     pub nodes: Vec<NodeProcess>,
     http_port: u16,
+    raft_port: u16,
     turn_port: u16,
 }
 
@@ -77,7 +78,7 @@ impl Cluster {
         // Start all three before waiting on any: node 1 needs a majority to elect itself.
         let started = futures_util::future::join_all(nodes.into_iter().map(NodeProcess::start)).await;
         let nodes = started.into_iter().collect::<Result<Vec<_>>>()?;
-        let c = Cluster { nodes, http_port, turn_port };
+        let c = Cluster { nodes, http_port, raft_port, turn_port };
         c.wait_leader(Duration::from_secs(20)).await?;
         Ok(c)
     }
@@ -105,6 +106,27 @@ impl Cluster {
     /// Node `n`'s process.
     pub fn node(&mut self, n: usize) -> &mut NodeProcess {
         &mut self.nodes[n - 1]
+    }
+
+    /// The cluster port (the same on every node's address).
+    pub fn raft_port(&self) -> u16 {
+        self.raft_port
+    }
+
+    /// Pauses node `n` (SIGSTOP): to the others it looks like a GC pause or a stuck VM.
+    pub fn pause(&self, n: usize) -> Result<()> {
+        match self.nodes[n - 1].pid() {
+            Some(pid) => crate::faults::signal(pid, "STOP"),
+            None => bail!("node {n} is not running"),
+        }
+    }
+
+    /// Resumes a paused node (SIGCONT).
+    pub fn resume(&self, n: usize) -> Result<()> {
+        match self.nodes[n - 1].pid() {
+            Some(pid) => crate::faults::signal(pid, "CONT"),
+            None => bail!("node {n} is not running"),
+        }
     }
 
     /// SIGKILL node `n`.

@@ -11,15 +11,21 @@
 //! - [`ws`]: a Collider WebSocket client.
 //! - [`cluster`]: three real nodes on 127.0.0.1-3.
 //! - [`calls`]: whole AppRTC calls, as a load and as an invariant checker.
+//! - [`chaos`]: faults under call load, a seeded schedule of them, and the rules checked after.
 //! - [`coturn`]: coturn's `turnutils_*` clients as reference TURN peers.
+//! - [`faults`]: pauses, partitions and packet loss on real node processes.
+//! - [`netns`]: re-running a test inside a private network namespace.
 //! - [`turn_client`]: a small TURN client for exact protocol checks.
 //! - [`browser`]: headless Chromium through chromedriver, in a private network namespace.
 
 pub mod browser;
 pub mod calls;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod coturn;
+pub mod faults;
+pub mod netns;
 pub mod process;
 pub mod turn_client;
 pub mod ws;

@@ -339,6 +339,10 @@ struct Client {
     /// The latest forward sent again for this client, per link (a repeated `Reclaim` applies
     /// once).
     reclaimed: Vec<ForwardTag>,
+    /// What a peer that has left had queued for this client while its node was lost: the
+    /// client's socket may still be open there, and gets them when it registers again.
+    #[serde(default)]
+    inbox: VecDeque<Envelope>,
     /// When an unbound client is removed.
     deadline_ms: Option<u64>,
     /// Its node was lost: if it does not come back, its peer gets a `bye`.
@@ -504,7 +508,7 @@ impl Rooms {
                     members: members.into_iter().map(|m| m.id.clone()).collect(),
                     clients: r.clients.iter().map(|c| (c.id.clone(), c.binding.map(|b| b.node))).collect(),
                     waiting: r.members.iter().map(|m| m.stored.len()).sum::<usize>()
-                        + r.clients.iter().map(|c| c.queue.len()).sum::<usize>(),
+                        + r.clients.iter().map(|c| c.queue.len() + c.inbox.len()).sum::<usize>(),
                 }
             })
             .collect()
@@ -803,6 +807,7 @@ impl Rooms {
             queue: VecDeque::new(),
             relayed: None,
             reclaimed: Vec::new(),
+            inbox: VecDeque::new(),
             deadline_ms: None,
             bye_on_expiry: false,
         });
@@ -835,12 +840,13 @@ impl Rooms {
         }
         c.binding = Some(at);
         c.bye_on_expiry = false;
-        // The other client's queue is flushed to the newcomer, in order.
+        // What a departed peer left for it, then the other client's queue, in order.
+        let mut messages: Vec<Envelope> = c.inbox.drain(..).collect();
         if let Some(other) = r.clients.iter_mut().find(|c| c.id != client) {
-            if !other.queue.is_empty() {
-                let messages: Vec<Envelope> = other.queue.drain(..).collect();
-                effects.push(Effect::Deliver { room: room.clone(), to: client.clone(), at, messages });
-            }
+            messages.extend(other.queue.drain(..));
+        }
+        if !messages.is_empty() {
+            effects.push(Effect::Deliver { room: room.clone(), to: client.clone(), at, messages });
         }
         self.set_deadline(&room, &client, None);
         self.refresh(&room, now_ms);
@@ -1050,9 +1056,17 @@ impl Rooms {
     ) -> bool {
         let Some(r) = self.rooms.get_mut(room) else { return false };
         let Some(i) = r.clients.iter().position(|c| c.id == client) else { return false };
-        let c = r.clients.remove(i);
+        let mut c = r.clients.remove(i);
         if let Some(at) = c.binding {
             effects.push(Effect::Close { room: room.to_owned(), client: client.to_owned(), at });
+        }
+        // Its peer is unbound only because its node was lost (its socket may well be open):
+        // what was queued for it (a hang-up's bye…) is kept for its next registration, as if
+        // it had been written to that socket.
+        let cap = self.limits.queue_cap;
+        if let Some(peer) = r.clients.iter_mut().find(|p| p.binding.is_none() && p.bye_on_expiry) {
+            let room_for = cap.saturating_sub(peer.inbox.len());
+            peer.inbox.extend(c.queue.drain(..).take(room_for));
         }
         if let Some(d) = c.deadline_ms {
             self.timers.remove(&(d, room.to_owned(), Some(client.to_owned())));

@@ -101,7 +101,7 @@ async fn main() -> Result<()> {
         })
     });
     let started = Instant::now();
-    let records = calls::run(&targets, spec, allowed, audit.clone()).await;
+    let records = calls::run(targets.clone(), spec, allowed, audit.clone()).await;
     let elapsed = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(a) = auditor {

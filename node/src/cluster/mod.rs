@@ -107,9 +107,9 @@ impl Cluster {
             election_timeout_min: cfg.election_timeout_ms,
             election_timeout_max: cfg.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
-            // The log since the previous snapshot stays: a node whose latest snapshot is torn
-            // starts from the previous one and replays from there.
-            max_in_snapshot_log_to_keep: cfg.snapshot_logs,
+            // The log since before the previous snapshot stays: a node whose latest snapshot is
+            // torn starts from the previous one and replays from there.
+            max_in_snapshot_log_to_keep: cfg.snapshot_logs * 2,
             ..Default::default()
         }
         .validate()

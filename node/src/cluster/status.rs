@@ -38,6 +38,10 @@ pub struct ClusterStatus {
     pub digest: String,
     pub draining: bool,
     pub members: Vec<MemberStatus>,
+    /// The public URLs this node hands to clients as live (`signaling_nodes`).
+    pub live: Vec<String>,
+    /// The nodes ICE configuration would place a TURN allocation on, best first.
+    pub turn_placement: Vec<NodeId>,
 }
 
 impl Cluster {
@@ -75,6 +79,9 @@ impl Cluster {
     /// The status shown by the admin API and `scripts/cluster-status.sh`.
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
+        // Read before the state lock is taken below (these take it themselves).
+        let live = self.live_public_urls();
+        let turn_placement = self.turn_placement().into_iter().map(|(id, _)| id).collect();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
         let members = m
@@ -106,6 +113,8 @@ impl Cluster {
             digest: state.digest(),
             draining: self.draining.load(Ordering::Acquire),
             members,
+            live,
+            turn_placement,
         }
     }
 }

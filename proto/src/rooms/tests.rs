@@ -447,6 +447,33 @@ fn reclaim_goes_first() {
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
 }
 
+/// A peer that hangs up (bye, then DELETE) while the other client's node is lost: its bye
+/// reaches that client when it registers again from its node, although its sender is gone.
+#[test]
+fn a_bye_for_a_client_on_a_lost_node_outlives_its_sender() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    register(&mut r, "R", "b", at(2, 2), T0);
+    r.apply(Command::UnbindNode { node: 1, now_ms: T0, grace_ms: 5_000 });
+    relay(&mut r, "R", "b", 2, 1, &[BYE]);
+    r.apply(Command::Remove { room: "R".into(), client: "b".into(), now_ms: T0 });
+    let reg = register(&mut r, "R", "a", at(1, 1), T0 + 1_000);
+    match &reg.effects[..] {
+        [Effect::Deliver { to, messages, .. }] => {
+            assert_eq!(to, "a");
+            assert_eq!(bodies(messages), vec![BYE]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // An ordinary closed socket is Collider's case: what was queued goes with its sender.
+    register(&mut r, "S", "a", at(1, 3), T0);
+    register(&mut r, "S", "b", at(2, 4), T0);
+    r.apply(Command::Unbind { room: "S".into(), client: "a".into(), at: at(1, 3), now_ms: T0 });
+    relay(&mut r, "S", "b", 4, 1, &[BYE]);
+    r.apply(Command::Remove { room: "S".into(), client: "b".into(), now_ms: T0 });
+    assert!(register(&mut r, "S", "a", at(1, 5), T0).effects.is_empty());
+}
+
 /// The same socket registering again is no duplicate; another socket is.
 #[test]
 fn register_again_from_the_same_socket() {
