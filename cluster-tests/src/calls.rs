@@ -16,10 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::Http;
 
@@ -140,42 +138,57 @@ enum Incoming {
     Closed(String),
 }
 
-/// A Collider socket whose frames a task reads into a channel, so a call can wait on it with a
-/// deadline while it does other things.
+/// A Collider socket driven by one task that owns it (reads, writes, answers pings), so a call
+/// can wait on what comes in with a deadline while it does other things, and a write never
+/// waits on a read.
 struct Socket {
-    tx: futures_util::stream::SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
+    tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Incoming>,
 }
 
 impl Socket {
     async fn open(url: &str, within: Duration) -> Result<Socket, CallError> {
-        let (ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(url))
+        let (mut ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| CallError::Refused(format!("WebSocket connect to {url} timed out")))?
             .map_err(|e| CallError::Refused(format!("WebSocket connect to {url}: {e}")))?;
-        let (tx, mut read) = ws.split();
         let (in_tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
-            while let Some(item) = read.next().await {
-                let ev = match item {
-                    Ok(Message::Text(t)) => frame(t.as_str()),
-                    Ok(Message::Binary(b)) => frame(&String::from_utf8_lossy(&b)),
-                    Ok(Message::Close(c)) => Incoming::Closed(format!("close frame {:?}", c.map(|c| u16::from(c.code)))),
-                    Ok(_) => continue,
-                    Err(e) => Incoming::Closed(e.to_string()),
-                };
-                let end = matches!(ev, Incoming::Closed(_));
-                if in_tx.send(ev).is_err() || end {
-                    return;
+            loop {
+                tokio::select! {
+                    out = out_rx.recv() => match out {
+                        Some(m) => {
+                            if let Err(e) = ws.send(m).await {
+                                let _ = in_tx.send(Incoming::Closed(format!("socket write: {e}")));
+                                return;
+                            }
+                        }
+                        // The call dropped the socket.
+                        None => return,
+                    },
+                    item = ws.next() => {
+                        let ev = match item {
+                            Some(Ok(Message::Text(t))) => frame(t.as_str()),
+                            Some(Ok(Message::Binary(b))) => frame(&String::from_utf8_lossy(&b)),
+                            Some(Ok(Message::Close(c))) => Incoming::Closed(format!("close frame {:?}", c.map(|c| u16::from(c.code)))),
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => Incoming::Closed(e.to_string()),
+                            None => Incoming::Closed("connection ended".into()),
+                        };
+                        let end = matches!(ev, Incoming::Closed(_));
+                        if in_tx.send(ev).is_err() || end {
+                            return;
+                        }
+                    }
                 }
             }
-            let _ = in_tx.send(Incoming::Closed("connection ended".into()));
         });
         Ok(Socket { tx, rx })
     }
 
     async fn send(&mut self, text: String) -> Result<(), CallError> {
-        self.tx.send(Message::text(text)).await.map_err(|e| CallError::Lost(format!("socket write: {e}")))
+        self.tx.send(Message::text(text)).map_err(|_| CallError::Lost("socket already closed".into()))
     }
 
     async fn register(&mut self, room: &str, client: &str) -> Result<(), CallError> {
@@ -233,9 +246,20 @@ impl Socket {
         None
     }
 
-    async fn close(mut self) {
-        let _ = self.tx.send(Message::Close(None)).await;
-        let _ = self.tx.close().await;
+    /// Closes the socket as a client should: a close frame, then the server's, within `within`
+    /// (then every frame the client sent before has been read by the server).
+    async fn close(mut self, within: Duration) {
+        if self.tx.send(Message::Close(None)).is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(within, async {
+            while let Some(i) = self.rx.recv().await {
+                if matches!(i, Incoming::Closed(_)) {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -341,9 +365,13 @@ fn refused_elsewhere(sender: &mut Socket, who: &str, lost: String) -> CallError 
     }
 }
 
-/// Hangs up as the web client does: `bye` over the socket, Collider `DELETE`, `/leave`.
+/// Hangs up as the web client does: `bye` over the socket, the socket closed, Collider `DELETE`,
+/// `/leave`. The `DELETE` waits for the close: sent at once on its own connection, it could
+/// overtake the bye still on the way in, and the bye would go with its sender (as with
+/// Collider).
 async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: Duration) -> Result<(), CallError> {
     ws.send_msg(BYE).await?;
+    ws.close(within).await;
     let del = tokio::time::timeout(within, http.collider_delete(room, client))
         .await
         .map_err(|_| CallError::Refused(format!("DELETE at {} not answered within {within:?}", http.base)))?
@@ -355,7 +383,6 @@ async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: 
         .await
         .map_err(|_| CallError::Refused(format!("/leave at {} not answered within {within:?}", http.base)))?
         .map_err(|e| CallError::Refused(format!("/leave at {}: {e:#}", http.base)))?;
-    ws.close().await;
     Ok(())
 }
 

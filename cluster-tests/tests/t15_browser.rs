@@ -40,9 +40,9 @@ async fn t15_browser_call() {
     assert_eq!(b.eval("window.switchboard.isInitiator").await.unwrap(), false);
     // Hang-up follows AppRTC's order and the other page goes back to waiting as the initiator.
     b.eval("document.getElementById('hangup').click()").await.unwrap();
-    a.wait_until("window.switchboard.state === 'waiting' && window.switchboard.isInitiator", CONNECT)
-        .await
-        .expect("A waits for a new peer after B hung up");
+    if let Err(e) = a.wait_until("window.switchboard.state === 'waiting' && window.switchboard.isInitiator", CONNECT).await {
+        panic!("A waits for a new peer after B hung up: {e:#}\nB's log: {:?}", b.eval("window.switchboard.log").await);
+    }
     b.quit().await;
     a.quit().await;
 }
@@ -63,9 +63,13 @@ async fn t15_browser_socket_reconnect() {
     let before = http.status().await.unwrap()["totalws"].as_u64().unwrap();
 
     b.eval("window.switchboard.call.ws.close(), true").await.unwrap();
-    b.wait_until("window.switchboard.signaling === 'reconnecting'", Duration::from_secs(5)).await.unwrap();
+    b.wait_until("window.switchboard.log.some(function (l) { return l.indexOf('signaling closed') >= 0; })", Duration::from_secs(5))
+        .await
+        .unwrap();
     b.wait_until("window.switchboard.signaling === 'registered'", Duration::from_secs(10)).await.unwrap();
     assert_eq!(b.eval("window.switchboard.clientId").await.unwrap(), client, "same client id");
+    // A confirmed registration starts the reconnect backoff over (no message needed).
+    assert_eq!(b.eval("window.switchboard.call.wsAttempts").await.unwrap(), 0, "backoff reset");
     // The server counted a new registration and still holds both clients.
     let mut registered = false;
     for _ in 0..50 {
@@ -89,6 +93,32 @@ async fn t15_browser_socket_reconnect() {
         .expect("B's restart completed");
     let frames = b.stats().await.unwrap()["framesDecoded"].as_u64().unwrap();
     b.wait_frames(frames, CONNECT).await.expect("video keeps flowing");
+    a.quit().await;
+    b.quit().await;
+}
+
+/// A page that joins to receive only (no camera, no microphone) sends no media: the other page
+/// must not take its silence for a dead relay and restart ICE over and over.
+#[tokio::test]
+async fn t15_browser_receive_only_peer() {
+    if rerun_in_netns("t15_browser_receive_only_peer") {
+        return;
+    }
+    let node = NodeProcess::start(NodeSpec::single()).await.unwrap();
+    let room = fresh_room("recvonly");
+    let a = Browser::launch().await.expect("browser A");
+    a.open(&format!("{}/r/{room}", node.base())).await.unwrap();
+    a.wait_until("window.switchboard.state === 'waiting'", CONNECT).await.unwrap();
+    let b = Browser::launch().await.expect("browser B");
+    b.open(&format!("{}/r/{room}?audio=false&video=false", node.base())).await.unwrap();
+    for p in [&a, &b] {
+        p.wait_until("window.switchboard.state === 'connected'", CONNECT).await.unwrap();
+    }
+    b.wait_frames(0, CONNECT).await.expect("B receives A's video");
+    // Three times the stall a sending peer would be allowed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(a.eval("window.switchboard.state").await.unwrap(), "connected");
+    assert_eq!(a.eval("window.switchboard.call.restarts").await.unwrap(), 0, "A restarted ICE: {:?}", a.eval("window.switchboard.log").await);
     a.quit().await;
     b.quit().await;
 }

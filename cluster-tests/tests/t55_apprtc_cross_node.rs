@@ -166,6 +166,25 @@ async fn t56_admin_api() {
     assert_eq!(s["node"], 2);
     assert_eq!(s["members"].as_array().unwrap().len(), 3);
     let leader = s["leader"].as_u64().unwrap();
+    // A socket on node 3, whose binding must go with the node.
+    let held = fresh_room("removed");
+    let _w3 = registered(&c, 3, &held, "x").await;
+    let binding = |c: &Cluster| {
+        let (client, url) = (reqwest::Client::new(), format!("{}/admin/rooms?prefix={held}", c.base(1)));
+        async move {
+            let v: serde_json::Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.ok()?.json().await.ok()?;
+            Some(v["rooms"][0]["clients"][0][1].clone())
+        }
+    };
+    let mut bound = false;
+    for _ in 0..50 {
+        if binding(&c).await == Some(serde_json::json!(3)) {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bound, "the socket on node 3 is registered");
     // Remove node 3 through the leader, then check the membership.
     let del = client
         .delete(format!("{}/admin/cluster/nodes/3", c.base(leader as usize)))
@@ -176,10 +195,62 @@ async fn t56_admin_api() {
     assert_eq!(del.status(), 200, "{:?}", del.text().await);
     let s = c.status(1).await.unwrap();
     assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
+    // Its bindings are released, as for a lost node: the client is in its grace, unbound.
+    let mut released = false;
+    for _ in 0..50 {
+        if binding(&c).await == Some(serde_json::Value::Null) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "node 3's socket is still bound after its removal: {:?}", binding(&c).await);
     // Two members still take joins.
     c.http(1).join_ok(&fresh_room("two")).await.unwrap();
     let m = c.http(1).get("/metrics").await.unwrap().body;
     for needle in ["switchboard_raft_term", "switchboard_raft_leader", "switchboard_raft_last_applied", "switchboard_peer_link_up"] {
         assert!(m.contains(needle), "metrics lack {needle}");
+    }
+}
+
+/// A lone member's burst over its socket, as a caller's offer and its trickled candidates are:
+/// on a cluster node exactly what one node (and Collider) does — 1 024 queued for the next
+/// client, the excess dropped silently, no error frame — and the next client gets them in order.
+#[tokio::test]
+async fn t55_lone_member_burst() {
+    async fn burst(sender: &str, receiver: &str, room: &str) -> (Vec<String>, Vec<String>) {
+        let mut a = WsClient::connect(sender).await.unwrap();
+        a.register(room, "a").await.unwrap();
+        for i in 0..1030 {
+            a.send_msg(&format!("m{i}")).await.unwrap();
+        }
+        // Whatever the sender gets back (it must be nothing).
+        let mut back = Vec::new();
+        while let Some(e) = a.recv(Duration::from_secs(2)).await {
+            back.push(format!("{e:?}"));
+        }
+        let mut b = WsClient::connect(receiver).await.unwrap();
+        b.register(room, "b").await.unwrap();
+        let mut got = Vec::new();
+        while let Some(e) = b.recv(Duration::from_secs(2)).await {
+            match e.msg() {
+                Some(m) => got.push(m.to_owned()),
+                None => panic!("unexpected {e:?}"),
+            }
+        }
+        (back, got)
+    }
+    let c = cluster().await;
+    let single = cluster_tests::NodeProcess::start(cluster_tests::NodeSpec::single()).await.unwrap();
+    let want: Vec<String> = (0..1024).map(|i| format!("m{i}")).collect();
+    for (name, sender, receiver) in [
+        ("one node", single.ws_url(), single.ws_url()),
+        ("cluster, sender on a follower", c.ws_url(2), c.ws_url(3)),
+        ("cluster, sender on node 1", c.ws_url(1), c.ws_url(2)),
+    ] {
+        let (back, got) = burst(&sender, &receiver, &fresh_room("burst")).await;
+        assert!(back.is_empty(), "{name}: the sender got frames back: {back:?}");
+        assert_eq!(got.len(), want.len(), "{name}: the joiner got {} messages", got.len());
+        assert_eq!(got, want, "{name}: in order");
     }
 }

@@ -69,10 +69,16 @@ impl Node {
 
     /// Writes `msg` from client `from` to the socket bound at `at`, which the membership says
     /// is the peer's: here, or over the peer link to its node (no Raft round trip). It is
-    /// written after every message the log delivered in the room up to `barrier`.
-    pub fn deliver(&self, room: &str, from: &str, at: Binding, msg: String, barrier: u64) {
+    /// written after every message the log delivered in the room up to `barrier`. Returns once
+    /// the message is queued where the client's next message (by any path) queues behind it.
+    pub async fn deliver(&self, room: &str, from: &str, at: Binding, msg: String, barrier: u64) {
         if at.node == self.membership.node_id() {
-            self.registry.do_send(ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg], barrier, ack: None });
+            // Through the registry and into the room's mailbox before the answer: a `send` the
+            // client makes next over its socket goes straight to the room, and must come after.
+            let to = ToRoom { room: room.to_owned(), session: at.session, messages: vec![msg], barrier, ack: None };
+            if self.registry.send(to).await.is_err() {
+                debug!(room, "room registry gone; message dropped");
+            }
         } else if let Some(c) = self.membership.as_cluster() {
             if !c.links.forward(at.node, room.to_owned(), from.to_owned(), at.session, vec![msg], barrier) {
                 debug!(node = at.node, "no link to the node holding the peer's socket");

@@ -95,7 +95,7 @@ pub async fn message(
     };
     if let (Route::Direct(at), barrier) = node.membership.read(|r| (r.message_route(&room, &client), r.delivered_at(&room))) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(&room, &client, at, msg, barrier);
+        node.deliver(&room, &client, at, msg, barrier).await;
         return result(ResultCode::Success);
     }
     let cmd = Command::Message { room: room.clone(), client: client.clone(), body: msg, now_ms: now_ms() };

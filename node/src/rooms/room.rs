@@ -31,6 +31,10 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Attempts for a run whose socket has already closed.
 const CLOSED_ATTEMPTS: u32 = 5;
+/// Direct deliveries a room may hold while this node catches up with the log. Beyond it (a node
+/// cut off from the leader for long, with forwards still coming in) the oldest goes out without
+/// waiting: a message out of order beats an unbounded queue.
+const MAX_HELD: usize = 4096;
 
 /// Milliseconds since the Unix epoch: the time a command carries when it is proposed (in a
 /// cluster the leader stamps its own before it is applied).
@@ -228,6 +232,14 @@ impl RoomActor {
             return;
         }
         self.held.push_back(Held { barrier, session, messages, ack });
+        if self.held.len() > MAX_HELD {
+            if let Some(h) = self.held.pop_front() {
+                warn!(room = %self.name, "too many messages waiting for the log; writing the oldest without waiting");
+                metrics::counter!("switchboard_errors_total", "kind" => "held_overflow").increment(1);
+                self.write(h.session, h.messages);
+                self.ack(h.ack);
+            }
+        }
         if barrier > self.asked {
             self.asked = barrier;
             self.registry.do_send(Sync { room: self.name.clone(), index: barrier });

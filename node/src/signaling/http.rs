@@ -82,7 +82,7 @@ pub async fn collider_handler(
 pub async fn send(node: &Node, room: &str, client: &str, msg: String) -> Result<(), String> {
     if let (Route::Direct(at), barrier) = node.membership.read(|r| (r.collider_route(room, client), r.delivered_at(room))) {
         metrics::counter!("switchboard_messages_total", "path" => "direct").increment(1);
-        node.deliver(room, client, at, msg, barrier);
+        node.deliver(room, client, at, msg, barrier).await;
         return Ok(());
     }
     metrics::counter!("switchboard_messages_total", "path" => "log").increment(1);

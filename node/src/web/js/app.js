@@ -1,7 +1,9 @@
 // Switchboard web client. It speaks the AppRTC room-server and Collider protocols, so it can
 // call AppRTC's Android and iOS examples as well as another copy of itself.
-// Resilience: the WebSocket reconnects with backoff (same room and client id, another node of the
-// cluster if this one is gone) and the peer connection restarts ICE when it fails.
+// Resilience: joins and signaling messages answered ERROR (an election, a draining node, no
+// majority) are tried again, in order, on the next node; the WebSocket reconnects with backoff
+// (same room and client id, another node of the cluster if this one is gone) and counts as
+// registered only once no error came back; the peer connection restarts ICE when it fails.
 (function () {
   'use strict';
 
@@ -114,6 +116,32 @@
     return base.replace(/^http/, 'ws') + '/ws';
   }
 
+  // A request to a node that is paused or cut off may never be answered: give up on it after
+  // this long and try again (on another node).
+  var REQUEST_TIMEOUT_MS = 8000;
+  function request(url, options) {
+    var ctl = new AbortController();
+    var timer = setTimeout(function () { ctl.abort(); }, REQUEST_TIMEOUT_MS);
+    return fetch(url, Object.assign({ signal: ctl.signal }, options)).finally(function () { clearTimeout(timer); });
+  }
+
+  function sleep(ms) {
+    return new Promise(function (resolve) { setTimeout(resolve, ms); });
+  }
+
+  // Retry delays: 250 ms doubling to 4 s, with jitter.
+  function backoff(attempt) {
+    return Math.min(4000, 250 * Math.pow(2, attempt)) * (0.75 + Math.random() * 0.5);
+  }
+
+  // Collider answers a register with nothing, and with an error frame (then a close) when it
+  // refuses it. A socket that stayed open this long after registering without one is registered.
+  var REGISTER_CONFIRM_MS = 1500;
+  // Messages waiting to go out, in order; beyond this the oldest are dropped.
+  var OUTBOX_MAX = 500;
+  // Attempts per message (about a minute) before it is given up.
+  var SEND_ATTEMPTS = 20;
+
   // ---- the call ----
 
   function Call() {
@@ -122,13 +150,16 @@
     this.isInitiator = false;
     this.pcConfig = P.peerConnectionConfig || { iceServers: [] };
     // Room-server and signaling bases of every node we may use; the first is the page's own.
-    this.nodes = [location.origin];
+    this.nodes = [location.origin].concat((P.signalingNodes || []).filter(function (n) { return n !== location.origin; }));
     this.nodeIndex = 0;
     this.wssUrl = P.wssUrl;
     this.wssPostUrl = P.wssPostUrl;
     this.ws = null;
     this.registered = false;
+    this.registerTimer = null;
     this.wsAttempts = 0;
+    this.outbox = [];
+    this.sending = false;
     this.pc = null;
     this.stream = null;
     this.pending = [];
@@ -181,20 +212,27 @@
     return this.nodes[this.nodeIndex % this.nodes.length];
   };
 
+  // A join answered ERROR (an election, a draining node, no majority) or not at all is tried
+  // again on the next node, with backoff; FULL and the other answers are final.
+  var JOIN_ATTEMPTS = 10;
   Call.prototype.join = async function () {
     var j;
-    for (var attempt = 0; attempt < this.nodes.length * 2; attempt++) {
+    for (var attempt = 0; attempt < JOIN_ATTEMPTS && !this.hungUp; attempt++) {
       try {
-        var r = await fetch(this.base() + '/join/' + this.room + location.search, { method: 'POST' });
+        var r = await request(this.base() + '/join/' + this.room + location.search, { method: 'POST' });
         if (r.status !== 200) throw new Error('HTTP ' + r.status);
         j = await r.json();
-        break;
+        if (j.result !== 'ERROR') break;
+        throw new Error('ERROR');
       } catch (e) {
-        showMessage('Join failed on ' + this.base() + ': ' + e.message);
+        j = null;
+        log('join failed on ' + this.base() + ': ' + e.message);
+        if (attempt === 1) showMessage('Joining is taking longer than usual; trying again…');
         this.nodeIndex++;
+        await sleep(backoff(attempt));
       }
     }
-    if (!j) { setState('failed'); return false; }
+    if (!j) { showMessage('Could not join the room.'); setState('failed'); return false; }
     if (j.result === 'FULL') {
       location.href = '/r/' + this.room;
       return false;
@@ -228,7 +266,7 @@
     // After a failover, ask a live node rather than the one the page came from.
     if (this.nodeIndex > 0) url = url.replace(/^https?:\/\/[^/]+/, this.base());
     try {
-      var r = await fetch(url, { method: 'POST' });
+      var r = await request(url, { method: 'POST' });
       if (r.status !== 200) throw new Error('HTTP ' + r.status);
       var j = await r.json();
       return filterTransports(j.iceServers || [], P.iceServerTransports);
@@ -313,27 +351,45 @@
   // its consent checks time out. So during a call the page watches what arrives; after
   // STALL_MS without a byte it restarts ICE at once (a relay on a live node, a new offer).
   var STALL_MS = 1500;
+  // Only a peer that sends media can stall: one that joined to receive only (no camera) sends
+  // none, and its silence is no dead relay. Restarts that do not bring media back wait longer
+  // each time (4.5 s, then doubling to 30 s).
   Call.prototype.watchMedia = function () {
     var self = this;
-    var last = -1, changed = Date.now(), restarted = 0;
+    var last = -1, changed = Date.now(), restarted = 0, wait = 3 * STALL_MS;
     clearInterval(this.mediaTimer);
     this.mediaTimer = setInterval(async function () {
       var pc = self.pc;
       if (self.hungUp) return clearInterval(self.mediaTimer);
-      if (!pc || sb.state !== 'connected') { changed = Date.now(); return; }
+      if (!pc || sb.state !== 'connected' || !remoteSends(pc)) { changed = Date.now(); return; }
       var bytes = 0;
       try {
         (await pc.getStats()).forEach(function (r) { if (r.type === 'inbound-rtp') bytes += r.bytesReceived || 0; });
       } catch (e) { return; }
       var now = Date.now();
-      if (bytes !== last) { last = bytes; changed = now; return; }
-      if (now - changed >= STALL_MS && now - restarted >= 3 * STALL_MS) {
+      if (bytes !== last) {
+        if (last >= 0 && bytes > last) wait = 3 * STALL_MS;
+        last = bytes;
+        changed = now;
+        return;
+      }
+      if (now - changed >= STALL_MS && now - restarted >= wait) {
         restarted = now;
+        wait = Math.min(30000, wait * 2);
         log('no media for ' + (now - changed) + ' ms');
         self.restartIce();
       }
     }, 250);
   };
+
+  // Whether the remote description offers media towards us (an m-line it sends on).
+  function remoteSends(pc) {
+    var sdp = pc.remoteDescription && pc.remoteDescription.sdp;
+    if (!sdp) return false;
+    return sdp.split(/\r?\nm=/).slice(1).some(function (m) {
+      return !/\r?\na=(recvonly|inactive)/.test(m) && !/^application/.test(m);
+    });
+  }
 
   Call.prototype.makeOffer = async function (iceRestart) {
     var pc = this.pc;
@@ -405,34 +461,66 @@
 
   // ---- signaling ----
 
-  // The initiator posts to the room server (which stores messages while it is alone); the
-  // other side uses the WebSocket, or Collider's HTTP POST while the socket is down.
+  // Messages leave one at a time, in the order they were made: a candidate must not overtake
+  // its offer, whichever way each goes. The initiator posts to the room server (which stores
+  // messages while it is alone); the other side uses its registered WebSocket, or Collider's
+  // HTTP POST while the socket is down or not yet registered.
   Call.prototype.send = function (msg) {
-    var text = JSON.stringify(msg);
-    if (this.isInitiator) {
-      this.post(this.base() + '/message/' + this.room + '/' + this.clientId + location.search, text);
-    } else if (this.ws && this.ws.readyState === WebSocket.OPEN && this.registered) {
+    if (this.outbox.length >= OUTBOX_MAX) {
+      this.outbox.shift();
+      log('signaling backlog full; oldest message dropped');
+    }
+    this.outbox.push({ text: JSON.stringify(msg), attempts: 0 });
+    this.pump();
+  };
+
+  Call.prototype.pump = async function () {
+    if (this.sending) return;
+    this.sending = true;
+    try {
+      while (this.outbox.length && !this.hungUp) {
+        var item = this.outbox[0];
+        var outcome = await this.deliver(item.text);
+        if (outcome === 'retry' && ++item.attempts < SEND_ATTEMPTS) {
+          // The node answered ERROR or did not answer: after the second try, the next node.
+          if (item.attempts >= 2) this.nodeIndex++;
+          await sleep(backoff(item.attempts));
+          continue;
+        }
+        if (outcome !== 'sent') log('signaling message given up (' + outcome + '): ' + item.text.slice(0, 60));
+        this.outbox.shift();
+      }
+    } finally {
+      this.sending = false;
+    }
+  };
+
+  // One attempt: 'sent', 'retry' (ERROR, a 5xx or no answer: worth trying again) or 'refused'.
+  Call.prototype.deliver = async function (text) {
+    if (!this.isInitiator && this.ws && this.ws.readyState === WebSocket.OPEN && this.registered) {
       this.ws.send(JSON.stringify({ cmd: 'send', msg: text }));
-    } else {
-      this.post(this.postBase() + '/' + this.room + '/' + this.clientId, text);
+      return 'sent';
+    }
+    var url = this.isInitiator
+      ? this.base() + '/message/' + this.room + '/' + this.clientId + location.search
+      : this.postBase() + '/' + this.room + '/' + this.clientId;
+    try {
+      var r = await request(url, { method: 'POST', body: text });
+      if (r.status >= 500) { log('POST ' + url + ' answered ' + r.status); return 'retry'; }
+      if (r.status !== 200) { log('POST ' + url + ' answered ' + r.status); return 'refused'; }
+      if (!this.isInitiator) return 'sent';
+      var j = await r.json();
+      if (j.result === 'SUCCESS') return 'sent';
+      log('message answered ' + j.result);
+      return j.result === 'ERROR' ? 'retry' : 'refused';
+    } catch (e) {
+      log('POST ' + url + ' failed: ' + e.message);
+      return 'retry';
     }
   };
 
   Call.prototype.postBase = function () {
     return this.nodeIndex > 0 ? this.base() : this.wssPostUrl;
-  };
-
-  Call.prototype.post = async function (url, body, retried) {
-    try {
-      var r = await fetch(url, { method: 'POST', body: body });
-      if (r.status !== 200) log('POST ' + url + ' answered ' + r.status);
-    } catch (e) {
-      if (retried || this.nodes.length < 2) { log('POST ' + url + ' failed: ' + e.message); return; }
-      // The node is gone: try the next one.
-      this.nodeIndex++;
-      var path = url.replace(/^https?:\/\/[^/]+/, '');
-      return this.post(this.base() + path, body, true);
-    }
   };
 
   Call.prototype.openSocket = function () {
@@ -450,15 +538,23 @@
     ws.onmessage = function (e) {
       var frame;
       try { frame = JSON.parse(e.data); } catch (err) { log('bad frame ' + e.data); return; }
-      if (frame.error) { log('signaling error: ' + frame.error); return; }
+      if (frame.error) {
+        // A refused registration (the server closes the socket next): not registered.
+        log('signaling error: ' + frame.error);
+        clearTimeout(self.registerTimer);
+        self.registerTimer = null;
+        self.registered = false;
+        return;
+      }
       if (!frame.msg) return;
-      self.wsAttempts = 0;
       var msg;
       try { msg = JSON.parse(frame.msg); } catch (err) { log('bad message ' + frame.msg); return; }
       self.onSignal(msg);
     };
     ws.onclose = function (e) {
       if (ws !== self.ws) return;
+      clearTimeout(self.registerTimer);
+      self.registerTimer = null;
       self.registered = false;
       log('signaling closed (' + e.code + ')');
       if (self.hungUp) { setSignaling('closed'); return; }
@@ -476,12 +572,22 @@
     setTimeout(function () { self.openSocket(); }, delay);
   };
 
+  // Registered only once the socket stayed open without an error frame for
+  // REGISTER_CONFIRM_MS; until then messages go over Collider's HTTP POST.
   Call.prototype.register = function () {
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || !this.clientId || this.registered) return;
-    this.ws.send(JSON.stringify({ cmd: 'register', roomid: this.room, clientid: this.clientId }));
-    this.registered = true;
-    setSignaling('registered');
-    log('registered as ' + this.clientId);
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || !this.clientId || this.registered || this.registerTimer) return;
+    var self = this, ws = this.ws;
+    ws.send(JSON.stringify({ cmd: 'register', roomid: this.room, clientid: this.clientId }));
+    setSignaling('registering');
+    this.registerTimer = setTimeout(function () {
+      self.registerTimer = null;
+      if (ws !== self.ws || ws.readyState !== WebSocket.OPEN) return;
+      self.registered = true;
+      self.wsAttempts = 0;
+      setSignaling('registered');
+      log('registered as ' + self.clientId);
+      self.pump();
+    }, REGISTER_CONFIRM_MS);
   };
 
   // ---- controls and hang-up ----
@@ -505,23 +611,41 @@
         window.prompt('Room link', link);
       }
     };
-    window.addEventListener('beforeunload', function () { self.hangup(); });
+    window.addEventListener('beforeunload', function () { self.hangup(true); });
   };
 
-  // AppRTC's order: leave the room, send bye, close the socket, DELETE the Collider client.
-  Call.prototype.hangup = function () {
+  // AppRTC's order: leave the room, send bye, close the socket, DELETE the Collider client. The
+  // DELETE waits for the socket's close (at most half a second): the server then has the bye,
+  // which a DELETE overtaking it on another connection would drop with the client.
+  Call.prototype.hangup = function (unloading) {
     if (this.hungUp) return;
     this.hungUp = true;
     var base = this.base();
-    if (this.clientId) {
-      fetch(base + '/leave/' + this.room + '/' + this.clientId, { method: 'POST', keepalive: true }).catch(function () {});
-      if (this.ws && this.ws.readyState === WebSocket.OPEN && this.registered) {
-        this.ws.send(JSON.stringify({ cmd: 'send', msg: JSON.stringify({ type: 'bye' }) }));
+    var ws = this.ws, room = this.room, client = this.clientId, postBase = this.postBase();
+    var bye = JSON.stringify({ type: 'bye' });
+    if (client) {
+      fetch(base + '/leave/' + room + '/' + client, { method: 'POST', keepalive: true }).catch(function () {});
+      // Over the socket once it sent its register (the server applies the register first, even
+      // if it is not confirmed yet), else over Collider's HTTP POST.
+      if (ws && ws.readyState === WebSocket.OPEN && (this.registered || this.registerTimer)) {
+        ws.send(JSON.stringify({ cmd: 'send', msg: bye }));
+      } else {
+        fetch(postBase + '/' + room + '/' + client, { method: 'POST', body: bye, keepalive: true }).catch(function () {});
       }
     }
-    if (this.ws) this.ws.close();
-    if (this.clientId) {
-      fetch(this.postBase() + '/' + this.room + '/' + this.clientId, { method: 'DELETE', keepalive: true }).catch(function () {});
+    var deleted = false;
+    var remove = function () {
+      if (deleted || !client) return;
+      deleted = true;
+      fetch(postBase + '/' + room + '/' + client, { method: 'DELETE', keepalive: true }).catch(function () {});
+    };
+    if (ws && ws.readyState === WebSocket.OPEN && !unloading) {
+      ws.addEventListener('close', remove);
+      setTimeout(remove, 500);
+      ws.close();
+    } else {
+      if (ws) ws.close();
+      remove();
     }
     if (this.pc) this.pc.close();
     if (this.stream) this.stream.getTracks().forEach(function (t) { t.stop(); });
