@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${1:?usage: scripts/chaos.sh SECONDS [SEED]}
 seed=${2:-}
 scripts/install-test-deps.sh
-cargo build --release -q -p switchboard
+cargo build --release -q --workspace
 export SWITCHBOARD_BIN="$PWD/target/release/switchboard"
 export CHAOS_SECS="$secs"
 if [ -n "$seed" ]; then export CHAOS_SEED="$seed"; fi

@@ -216,6 +216,11 @@ impl Socket {
                 Incoming::Msg(m) if &m == want => {
                     first.get_or_insert_with(Instant::now);
                 }
+                // The server's own bye, before the peer hung up: the peer was evicted because
+                // its node was lost past the grace.
+                Incoming::Msg(m) if m == BYE => {
+                    return Err(CallError::Lost(format!("{what}: the peer was evicted (bye) at position {i}")));
+                }
                 Incoming::Msg(m) => {
                     let pos = expected.iter().position(|e| *e == m);
                     return Err(CallError::Violation(match pos {

@@ -54,6 +54,8 @@ pub struct ForwardTag {
     pub incarnation: u64,
     /// The node it was forwarded to.
     pub to: NodeId,
+    /// That node's life the frame was meant for (0: not known, the frame never left).
+    pub to_life: u64,
     /// The forward frame's sequence number on that link.
     pub seq: u64,
 }
@@ -147,8 +149,9 @@ pub enum Command {
     /// phantom client back. Queued beyond `queue_cap` messages are dropped, as Collider does.
     Relay { room: String, client: String, bodies: Vec<String>, origin: Origin, now_ms: u64 },
     /// Messages from `client` that were forwarded towards a node that was then lost, sent again:
-    /// they go before anything `client` queued since, or to the peer if it is bound again.
-    Reclaim { room: String, client: String, messages: Vec<Envelope>, now_ms: u64 },
+    /// they go before anything `client` queued since, or to the peer if it is bound again to a
+    /// socket other than the `gone` ones they were forwarded to.
+    Reclaim { room: String, client: String, messages: Vec<Envelope>, gone: Vec<Binding>, now_ms: u64 },
     /// The socket at `at` ended; the client gets the register grace period.
     Unbind { room: String, client: String, at: Binding, now_ms: u64 },
     /// Collider `DELETE /{room}/{client}`.
@@ -592,8 +595,8 @@ impl Rooms {
             Command::Relay { room, client, bodies, origin, now_ms } => {
                 self.relay(room, client, bodies, origin, now_ms, &mut effects)
             }
-            Command::Reclaim { room, client, messages, now_ms } => {
-                self.reclaim(room, client, messages, now_ms, &mut effects)
+            Command::Reclaim { room, client, messages, gone, now_ms } => {
+                self.reclaim(room, client, messages, &gone, now_ms, &mut effects)
             }
             Command::Unbind { room, client, at, now_ms } => {
                 Outcome::Unbound(self.unbind(&room, &client, at, now_ms))
@@ -941,6 +944,7 @@ impl Rooms {
         room: String,
         client: String,
         messages: Vec<Envelope>,
+        gone: &[Binding],
         now_ms: u64,
         effects: &mut Vec<Effect>,
     ) -> Outcome {
@@ -972,8 +976,10 @@ impl Rooms {
         }
         let skipped = total - messages.len();
         let total = messages.len();
+        // A peer still bound to a socket they were forwarded to is bound to a socket that is
+        // gone (its node's new life has not released it yet): they wait for its next one.
         if let Some(other) = r.other_client(&client) {
-            if let Some(at) = other.binding {
+            if let Some(at) = other.binding.filter(|b| !gone.contains(b)) {
                 let to = other.id.clone();
                 if total > 0 {
                     effects.push(Effect::Deliver { room: room.clone(), to, at, messages });

@@ -49,7 +49,12 @@ impl SeqSet {
         if floor > self.floor {
             let keep = self.above.split_off(&(floor + 1));
             let mut below = std::mem::replace(&mut self.above, keep).into_iter().peekable();
-            for n in self.floor + 1..=floor {
+            // At most the last MAX_GIVEN_UP numbers can be missing ones worth remembering.
+            let from = (self.floor + 1).max(floor.saturating_sub(MAX_GIVEN_UP as u64));
+            while below.peek().is_some_and(|n| *n < from) {
+                below.next();
+            }
+            for n in from..=floor {
                 if below.peek() == Some(&n) {
                     below.next();
                 } else if missing.len() < MAX_GIVEN_UP {
@@ -81,6 +86,9 @@ const MAX_GIVEN_UP: usize = 65_536;
 
 struct Sender {
     incarnation: u64,
+    /// Nothing received yet from this life: its first frame's floor is where this record
+    /// starts (what came before went to an earlier life of this node, not given up on).
+    fresh: bool,
     received: SeqSet,
     /// Below `received`'s floor but never received: the sender gave them up (sent them again
     /// through the log, where they may still come to this node).
@@ -93,6 +101,7 @@ impl Sender {
     fn new(incarnation: u64) -> Self {
         Sender {
             incarnation,
+            fresh: true,
             received: SeqSet::default(),
             given_up: BTreeSet::new(),
             done: SeqSet::default(),
@@ -104,13 +113,15 @@ impl Sender {
 /// This node's ledger of forwards from every other node.
 pub struct Ledger {
     me: NodeId,
+    /// This node's life: a tag meant for another life of it was never received here.
+    life: u64,
     senders: Mutex<HashMap<NodeId, Sender>>,
 }
 
 impl Ledger {
-    /// The ledger of node `me`.
-    pub fn new(me: NodeId) -> Self {
-        Ledger { me, senders: Mutex::new(HashMap::new()) }
+    /// The ledger of node `me` in its life `life`.
+    pub fn new(me: NodeId, life: u64) -> Self {
+        Ledger { me, life, senders: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Sender>> {
@@ -134,6 +145,11 @@ impl Ledger {
         let mut s = self.lock();
         let Some(e) = s.get_mut(&from).filter(|e| e.incarnation == incarnation) else { return false };
         let below = floor.saturating_sub(1);
+        if e.fresh {
+            e.fresh = false;
+            e.received.floor = below;
+            e.done.floor = below;
+        }
         e.given_up.extend(e.received.raise_floor(below));
         while e.given_up.len() > MAX_GIVEN_UP {
             e.given_up.pop_first();
@@ -163,7 +179,7 @@ impl Ledger {
     /// A message sent again through the log, tagged with the forward it first travelled in:
     /// `true` unless that forward already reached this node (then it was written here once).
     pub fn first_time(&self, tag: &ForwardTag) -> bool {
-        if tag.to != self.me {
+        if tag.to != self.me || tag.to_life != self.life {
             return true;
         }
         let mut s = self.lock();
@@ -203,16 +219,17 @@ mod tests {
 
     #[test]
     fn a_frame_counts_once_whichever_way_it_comes() {
-        let l = Ledger::new(2);
+        let l = Ledger::new(2, 40);
         l.connect(1, 7);
         assert!(l.receive(1, 7, 1, 1));
         assert!(!l.receive(1, 7, 1, 1), "resent over a new connection");
-        let tag = ForwardTag { from: 1, incarnation: 7, to: 2, seq: 1 };
+        let tag = ForwardTag { from: 1, incarnation: 7, to: 2, to_life: 40, seq: 1 };
         assert!(!l.first_time(&tag), "already forwarded here");
         let later = ForwardTag { seq: 2, ..tag };
         assert!(l.first_time(&later), "sent through the log before its forward arrived");
         assert!(!l.receive(1, 7, 2, 1), "the late forward is a repeat");
         assert!(l.first_time(&ForwardTag { to: 3, ..tag }), "forwarded to another node");
+        assert!(l.first_time(&ForwardTag { to_life: 39, ..tag }), "forwarded to an earlier life of this node");
         l.done(FrameAck { from: 1, incarnation: 7, seq: 1 });
         assert_eq!(l.acknowledged(1, 7), 2);
         l.connect(1, 8);
@@ -220,16 +237,28 @@ mod tests {
         assert_eq!(l.acknowledged(1, 7), 0);
     }
 
+    /// A link that carried a million frames to an earlier life of this node starts its record
+    /// here at its floor, without counting what went before as given up.
+    #[test]
+    fn a_new_record_starts_at_the_floor() {
+        let l = Ledger::new(2, 40);
+        l.connect(1, 7);
+        assert!(l.receive(1, 7, 1_000_001, 1_000_001));
+        assert_eq!(l.acknowledged(1, 7), 1_000_000);
+        let old = ForwardTag { from: 1, incarnation: 7, to: 2, to_life: 39, seq: 500 };
+        assert!(l.first_time(&old), "meant for the earlier life");
+    }
+
     #[test]
     fn the_senders_floor_closes_gaps() {
-        let l = Ledger::new(2);
+        let l = Ledger::new(2, 40);
         l.connect(1, 7);
         assert!(l.receive(1, 7, 3, 1));
         l.done(FrameAck { from: 1, incarnation: 7, seq: 3 });
         assert_eq!(l.acknowledged(1, 7), 0, "1 and 2 are missing");
         assert!(l.receive(1, 7, 4, 3), "the sender gave 1 and 2 up");
         assert_eq!(l.acknowledged(1, 7), 3);
-        let tag = ForwardTag { from: 1, incarnation: 7, to: 2, seq: 2 };
+        let tag = ForwardTag { from: 1, incarnation: 7, to: 2, to_life: 40, seq: 2 };
         assert!(l.first_time(&tag), "a given-up frame sent again through the log is written");
         assert!(!l.first_time(&tag), "once");
         assert!(!l.first_time(&ForwardTag { seq: 3, ..tag }), "3 arrived as a forward");

@@ -121,7 +121,7 @@ impl Cluster {
         let listen: SocketAddr = cfg.listen.parse().with_context(|| format!("cluster.listen {:?}", cfg.listen))?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (cluster)"))?;
         info!(node = id, "cluster listener on {listen}");
-        let ledger = Arc::new(Ledger::new(id));
+        let ledger = Arc::new(Ledger::new(id, incarnation));
         actix::spawn(inbound::serve(
             listener,
             inbound::InboundContext {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use switchboard_proto::cluster::{self, Frame, FrameReader, Reply, Request};
-use switchboard_proto::rooms::{Envelope, ForwardTag, NodeId, SessionId};
+use switchboard_proto::rooms::{Binding, Envelope, ForwardTag, NodeId, SessionId};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -76,6 +76,8 @@ pub struct Reclaim;
 pub struct Unacked {
     pub room: String,
     pub from: String,
+    /// The socket they were forwarded to.
+    pub to: Binding,
     pub messages: Vec<Envelope>,
 }
 
@@ -415,10 +417,11 @@ impl PeerLink {
                 let mut reader = FrameReader::default();
                 reader.push(&p.frame);
                 match reader.next_frame() {
-                    Ok(Some(Frame::Forward { room, messages, seq, .. })) => {
-                        let tag = ForwardTag { from: self.ctx.me, incarnation: self.ctx.incarnation, to: self.peer, seq };
+                    Ok(Some(Frame::Forward { room, messages, seq, session, .. })) => {
+                        let to_life = p.to_life.unwrap_or(0);
+                        let tag = ForwardTag { from: self.ctx.me, incarnation: self.ctx.incarnation, to: self.peer, to_life, seq };
                         let messages = messages.into_iter().map(|body| Envelope { body, tag: Some(tag) }).collect();
-                        Some(Unacked { room, from: p.from, messages })
+                        Some(Unacked { room, from: p.from, to: Binding { node: self.peer, session }, messages })
                     }
                     _ => None,
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_proto::cluster::ClusterCommand;
-use switchboard_proto::rooms::{Command, NodeId};
+use switchboard_proto::rooms::{Binding, Command, NodeId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -44,15 +44,23 @@ impl Cluster {
         info!(node, messages = count, "sending again what a lost node never acknowledged");
         metrics::counter!("switchboard_forwards_resent_total").increment(count as u64);
         // Consecutive forwards of one sender in one room travel as one command.
-        let mut runs: Vec<Unacked> = Vec::new();
+        let mut runs: Vec<(Unacked, Vec<Binding>)> = Vec::new();
         for u in unacked {
             match runs.last_mut() {
-                Some(last) if last.room == u.room && last.from == u.from => last.messages.extend(u.messages),
-                _ => runs.push(u),
+                Some((last, gone)) if last.room == u.room && last.from == u.from => {
+                    if !gone.contains(&u.to) {
+                        gone.push(u.to);
+                    }
+                    last.messages.extend(u.messages);
+                }
+                _ => {
+                    let gone = vec![u.to];
+                    runs.push((u, gone));
+                }
             }
         }
-        for u in runs {
-            let cmd = Command::Reclaim { room: u.room.clone(), client: u.from, messages: u.messages, now_ms: 0 };
+        for (u, gone) in runs {
+            let cmd = Command::Reclaim { room: u.room.clone(), client: u.from, messages: u.messages, gone, now_ms: 0 };
             for attempt in 1..=ATTEMPTS {
                 match self.propose(ClusterCommand::Room(cmd.clone())).await {
                     Ok(_) => break,

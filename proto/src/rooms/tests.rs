@@ -418,7 +418,8 @@ fn relay_beyond_the_queue_cap_drops_silently() {
 }
 
 /// Messages sent again after their node was lost go before what was queued since, or straight
-/// to the peer when it is bound again; their tags travel with them.
+/// to the peer when it is bound again (not to the socket they were meant for, still bound while
+/// its node's new life has not released it); their tags travel with them.
 #[test]
 fn reclaim_goes_first() {
     let mut r = rooms();
@@ -426,9 +427,9 @@ fn reclaim_goes_first() {
     register(&mut r, "R", "b", at(2, 2), T0);
     r.apply(Command::UnbindNode { node: 2, now_ms: T0, grace_ms: 1000 });
     relay(&mut r, "R", "a", 1, 1, &["new"]);
-    let tag = ForwardTag { from: 1, incarnation: 9, to: 2, seq: 4 };
+    let tag = ForwardTag { from: 1, incarnation: 9, to: 2, to_life: 5, seq: 4 };
     let old = Envelope { body: "old".into(), tag: Some(tag) };
-    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old.clone()], now_ms: T0 });
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old.clone()], gone: vec![at(2, 2)], now_ms: T0 });
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 1, dropped: 0 });
     let reg = register(&mut r, "R", "b", at(3, 3), T0);
     match &reg.effects[..] {
@@ -438,12 +439,19 @@ fn reclaim_goes_first() {
         }
         other => panic!("{other:?}"),
     }
-    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old], now_ms: T0 });
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![old], gone: vec![at(2, 2)], now_ms: T0 });
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 }, "a repeated run applies once");
     let newer = Envelope { body: "newer".into(), tag: Some(ForwardTag { seq: 5, ..tag }) };
-    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![newer], now_ms: T0 });
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![newer], gone: vec![at(2, 2)], now_ms: T0 });
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 1, queued: 0, dropped: 0 }, "the peer is bound again");
-    let x = r.apply(Command::Reclaim { room: "R".into(), client: "gone".into(), messages: vec!["m".into()], now_ms: T0 });
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "gone".into(), messages: vec!["m".into()], gone: vec![], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
+    // The peer still bound to the socket the messages were forwarded to: queued, not written.
+    let stale = Envelope { body: "stale".into(), tag: Some(ForwardTag { seq: 6, ..tag }) };
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages: vec![stale], gone: vec![at(3, 3)], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 1, dropped: 0 });
+    assert!(x.effects.is_empty());
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "gone".into(), messages: vec!["m".into()], gone: vec![], now_ms: T0 });
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
 }
 
