@@ -4,8 +4,16 @@
 //!
 //! Failure model: a majority applies membership changes; without one, proposals time out with
 //! [`ProposeError::NoQuorum`] while direct forwarding between live nodes keeps calls going. The
-//! leader declares a silent node down (`NodeDown`) so its clients may register elsewhere; a
-//! node that starts declares itself up (`NodeUp`) so bindings of its earlier life are released.
+//! leader declares a node silent both ways down (`NodeDown`) so its clients may register
+//! elsewhere; a node that starts declares itself up as a new life (`NodeUp`) so bindings of its
+//! earlier one are released, and a node declared down while alive declares itself up again as
+//! the same life, keeping its sockets.
+//!
+//! Files by duty: `propose` (proposals, read-your-writes), `clock` (cluster time), `leader`
+//! (liveness and timers), `liveness` (this node's announcements), `watch` (acting on applied
+//! liveness), `reclaim` (forwards to lost nodes sent through the log), `ledger` (forwards
+//! received, once-only, acknowledgements), `peer_link`/`network`/`inbound` (the links),
+//! `state_machine`/`log_store` (Raft storage), `status`, `members`, `handover`, `load`.
 
 pub mod clock;
 pub mod handover;
