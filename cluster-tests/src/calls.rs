@@ -12,14 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::Http;
+use crate::lean::{Frame, HttpConn, Response, WsConn};
 
 /// One node as clients see it.
 #[derive(Debug, Clone)]
@@ -32,11 +30,6 @@ impl Target {
     /// The node at `base`.
     pub fn new(base: &str) -> Self {
         Target { base: base.trim_end_matches('/').to_owned() }
-    }
-
-    /// Its Collider WebSocket URL.
-    pub fn ws(&self) -> String {
-        format!("{}/ws", self.base.replacen("http", "ws", 1))
     }
 }
 
@@ -138,43 +131,54 @@ enum Incoming {
     Closed(String),
 }
 
+/// What a call asks its socket's task to write.
+enum Out {
+    Text(String),
+    Close,
+}
+
 /// A Collider socket driven by one task that owns it (reads, writes, answers pings), so a call
 /// can wait on what comes in with a deadline while it does other things, and a write never
 /// waits on a read.
 struct Socket {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Out>,
     rx: mpsc::UnboundedReceiver<Incoming>,
 }
 
 impl Socket {
-    async fn open(url: &str, within: Duration) -> Result<Socket, CallError> {
-        let (mut ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(url))
+    async fn open(base: &str, within: Duration) -> Result<Socket, CallError> {
+        let mut ws = tokio::time::timeout(within, WsConn::connect(base))
             .await
-            .map_err(|_| CallError::Refused(format!("WebSocket connect to {url} timed out")))?
-            .map_err(|e| CallError::Refused(format!("WebSocket connect to {url}: {e}")))?;
+            .map_err(|_| CallError::Refused(format!("WebSocket connect to {base} timed out")))?
+            .map_err(|e| CallError::Refused(format!("WebSocket connect to {base}: {e:#}")))?;
         let (in_tx, rx) = mpsc::unbounded_channel();
-        let (tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    out = out_rx.recv() => match out {
-                        Some(m) => {
-                            if let Err(e) = ws.send(m).await {
-                                let _ = in_tx.send(Incoming::Closed(format!("socket write: {e}")));
-                                return;
-                            }
+                    out = out_rx.recv() => {
+                        let written = match out {
+                            Some(Out::Text(t)) => ws.send_text(t.as_bytes()).await,
+                            Some(Out::Close) => ws.send_close().await,
+                            // The call dropped the socket.
+                            None => return,
+                        };
+                        if let Err(e) = written {
+                            let _ = in_tx.send(Incoming::Closed(format!("socket write: {e}")));
+                            return;
                         }
-                        // The call dropped the socket.
-                        None => return,
-                    },
-                    item = ws.next() => {
+                    }
+                    item = ws.recv() => {
                         let ev = match item {
-                            Some(Ok(Message::Text(t))) => frame(t.as_str()),
-                            Some(Ok(Message::Binary(b))) => frame(&String::from_utf8_lossy(&b)),
-                            Some(Ok(Message::Close(c))) => Incoming::Closed(format!("close frame {:?}", c.map(|c| u16::from(c.code)))),
-                            Some(Ok(_)) => continue,
-                            Some(Err(e)) => Incoming::Closed(e.to_string()),
-                            None => Incoming::Closed("connection ended".into()),
+                            Ok(Frame::Data(d)) => frame(&String::from_utf8_lossy(&d)),
+                            Ok(Frame::Close(code)) => Incoming::Closed(format!("close frame {code:?}")),
+                            Ok(Frame::Ping(p)) => {
+                                if ws.send_pong(&p).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            Err(e) => Incoming::Closed(e.to_string()),
                         };
                         let end = matches!(ev, Incoming::Closed(_));
                         if in_tx.send(ev).is_err() || end {
@@ -188,7 +192,7 @@ impl Socket {
     }
 
     async fn send(&mut self, text: String) -> Result<(), CallError> {
-        self.tx.send(Message::text(text)).map_err(|_| CallError::Lost("socket already closed".into()))
+        self.tx.send(Out::Text(text)).map_err(|_| CallError::Lost("socket already closed".into()))
     }
 
     async fn register(&mut self, room: &str, client: &str) -> Result<(), CallError> {
@@ -254,7 +258,7 @@ impl Socket {
     /// Closes the socket as a client should: a close frame, then the server's, within `within`
     /// (then every frame the client sent before has been read by the server).
     async fn close(mut self, within: Duration) {
-        if self.tx.send(Message::Close(None)).is_err() {
+        if self.tx.send(Out::Close).is_err() {
             return;
         }
         let _ = tokio::time::timeout(within, async {
@@ -289,17 +293,26 @@ fn body(room: &str, from: &str, step: &str, n: usize) -> String {
 
 const BYE: &str = "{\"type\":\"bye\"}";
 
-/// HTTP clients for every node, kept by one worker across its calls (keep-alive connections).
-#[derive(Clone)]
+/// HTTP connections to every node, kept by one worker across its calls (keep-alive).
 pub struct Clients {
     targets: Vec<Target>,
-    http: Vec<Http>,
+    http: Vec<HttpConn>,
 }
 
 impl Clients {
-    /// Clients for `targets`.
+    /// Clients for `targets` (`http://ip:port` bases).
     pub fn new(targets: &[Target]) -> Self {
-        Clients { targets: targets.to_vec(), http: targets.iter().map(|t| Http::new(&t.base)).collect() }
+        let http = targets.iter().map(|t| HttpConn::new(&t.base).expect("an http://ip:port base")).collect();
+        Clients { targets: targets.to_vec(), http }
+    }
+
+    /// `method path` with `body` on node `n`, within `within`; `what` names the step.
+    async fn request(&mut self, n: usize, method: &str, path: &str, body: &str, within: Duration, what: &str) -> Result<Response, CallError> {
+        let base = self.targets[n].base.clone();
+        tokio::time::timeout(within, self.http[n].request(method, path, body.as_bytes()))
+            .await
+            .map_err(|_| CallError::Refused(format!("{what} at {base} not answered within {within:?}")))?
+            .map_err(|e| CallError::Refused(format!("{what} at {base}: {e:#}")))
     }
 
     /// The nodes.
@@ -333,13 +346,12 @@ fn pick(rng: &mut StdRng, n: usize, placement: Placement, allowed: &[usize]) -> 
     }
 }
 
-async fn join(http: &Http, room: &str, within: Duration, who: &str) -> Result<(String, bool, Vec<String>), CallError> {
-    let j = tokio::time::timeout(within, http.join(room))
-        .await
-        .map_err(|_| CallError::Refused(format!("join of {who} at {} not answered within {within:?}", http.base)))?
-        .map_err(|e| CallError::Refused(format!("join of {who} at {}: {e:#}", http.base)))?;
-    if j["result"] != "SUCCESS" {
-        return Err(CallError::Refused(format!("join of {who} at {}: {}", http.base, j["result"])));
+async fn join(clients: &mut Clients, n: usize, room: &str, within: Duration, who: &str) -> Result<(String, bool, Vec<String>), CallError> {
+    let what = format!("join of {who}");
+    let r = clients.request(n, "POST", &format!("/join/{room}"), "", within, &what).await?;
+    let j: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    if r.status != 200 || j["result"] != "SUCCESS" {
+        return Err(CallError::Refused(format!("{what} at {}: HTTP {} {}", clients.targets[n].base, r.status, j["result"])));
     }
     let p = &j["params"];
     let messages = p["messages"]
@@ -350,13 +362,11 @@ async fn join(http: &Http, room: &str, within: Duration, who: &str) -> Result<(S
     Ok((client, p["is_initiator"] == "true", messages))
 }
 
-async fn post_message(http: &Http, room: &str, client: &str, msg: &str, within: Duration) -> Result<(), CallError> {
-    let r = tokio::time::timeout(within, http.message(room, client, msg))
-        .await
-        .map_err(|_| CallError::Refused(format!("/message at {} not answered within {within:?}", http.base)))?
-        .map_err(|e| CallError::Refused(format!("/message at {}: {e:#}", http.base)))?;
-    if r != "SUCCESS" {
-        return Err(CallError::Refused(format!("/message at {}: {r}", http.base)));
+async fn post_message(clients: &mut Clients, n: usize, room: &str, client: &str, msg: &str, within: Duration) -> Result<(), CallError> {
+    let r = clients.request(n, "POST", &format!("/message/{room}/{client}"), msg, within, "/message").await?;
+    let j: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    if r.status != 200 || j["result"] != "SUCCESS" {
+        return Err(CallError::Refused(format!("/message at {}: HTTP {} {}", clients.targets[n].base, r.status, r.text())));
     }
     Ok(())
 }
@@ -374,42 +384,35 @@ fn refused_elsewhere(sender: &mut Socket, who: &str, lost: String) -> CallError 
 /// `/leave`. The `DELETE` waits for the close: sent at once on its own connection, it could
 /// overtake the bye still on the way in, and the bye would go with its sender (as with
 /// Collider).
-async fn hang_up(http: &Http, mut ws: Socket, room: &str, client: &str, within: Duration) -> Result<(), CallError> {
+async fn hang_up(clients: &mut Clients, n: usize, mut ws: Socket, room: &str, client: &str, within: Duration) -> Result<(), CallError> {
     ws.send_msg(BYE).await?;
     ws.close(within).await;
-    let del = tokio::time::timeout(within, http.collider_delete(room, client))
-        .await
-        .map_err(|_| CallError::Refused(format!("DELETE at {} not answered within {within:?}", http.base)))?
-        .map_err(|e| CallError::Refused(format!("DELETE at {}: {e:#}", http.base)))?;
+    let del = clients.request(n, "DELETE", &format!("/{room}/{client}"), "", within, "DELETE").await?;
     if del.status != 200 {
-        return Err(CallError::Refused(format!("DELETE at {}: HTTP {} {}", http.base, del.status, del.body.trim())));
+        return Err(CallError::Refused(format!("DELETE at {}: HTTP {} {}", clients.targets[n].base, del.status, del.text().trim())));
     }
-    let _ = tokio::time::timeout(within, http.leave(room, client))
-        .await
-        .map_err(|_| CallError::Refused(format!("/leave at {} not answered within {within:?}", http.base)))?
-        .map_err(|e| CallError::Refused(format!("/leave at {}: {e:#}", http.base)))?;
+    clients.request(n, "POST", &format!("/leave/{room}/{client}"), "", within, "/leave").await?;
     Ok(())
 }
 
 /// One whole call between nodes `na` and `nb` (indexes into `clients`' targets). A call that
 /// fails leaves the room as a client that gives up would (both leave, best effort), so rooms of
 /// failed calls do not linger for the room's idle time.
-pub async fn call(clients: &Clients, spec: &CallSpec, room: &str, na: usize, nb: usize) -> Result<CallOk, CallError> {
+pub async fn call(clients: &mut Clients, spec: &CallSpec, room: &str, na: usize, nb: usize) -> Result<CallOk, CallError> {
     let mut joined = Vec::new();
     let result = call_steps(clients, spec, room, na, nb, &mut joined).await;
     if result.is_err() {
         for (node, client) in joined {
-            let http = &clients.http[node];
             let quick = Duration::from_secs(2);
-            let _ = tokio::time::timeout(quick, http.collider_delete(room, &client)).await;
-            let _ = tokio::time::timeout(quick, http.leave(room, &client)).await;
+            let _ = clients.request(node, "DELETE", &format!("/{room}/{client}"), "", quick, "DELETE").await;
+            let _ = clients.request(node, "POST", &format!("/leave/{room}/{client}"), "", quick, "/leave").await;
         }
     }
     result
 }
 
 async fn call_steps(
-    clients: &Clients,
+    clients: &mut Clients,
     spec: &CallSpec,
     room: &str,
     na: usize,
@@ -417,8 +420,7 @@ async fn call_steps(
     joined: &mut Vec<(usize, String)>,
 ) -> Result<CallOk, CallError> {
     let t = spec.step_timeout;
-    let (ha, hb) = (&clients.http[na], &clients.http[nb]);
-    let (wa_url, wb_url) = (clients.targets[na].ws(), clients.targets[nb].ws());
+    let (wa_url, wb_url) = (clients.targets[na].base.clone(), clients.targets[nb].base.clone());
     let started = Instant::now();
     let mut checked = 0;
     let trace = std::env::var_os("CALLGEN_TRACE").is_some();
@@ -428,7 +430,7 @@ async fn call_steps(
         }
     };
 
-    let (a, a_init, a_msgs) = join(ha, room, t, "A").await?;
+    let (a, a_init, a_msgs) = join(clients, na, room, t, "A").await?;
     joined.push((na, a.clone()));
     if !a_init || !a_msgs.is_empty() {
         return Err(CallError::Violation(format!("first joiner: initiator={a_init}, messages={a_msgs:?}")));
@@ -439,11 +441,11 @@ async fn call_steps(
     mark("A registered");
     let stored: Vec<String> = (0..spec.k).map(|n| body(room, "a", "store", n)).collect();
     for m in &stored {
-        post_message(ha, room, &a, m, t).await?;
+        post_message(clients, na, room, &a, m, t).await?;
     }
 
     mark("A stored");
-    let (b, b_init, b_msgs) = join(hb, room, t, "B").await?;
+    let (b, b_init, b_msgs) = join(clients, nb, room, t, "B").await?;
     joined.push((nb, b.clone()));
     if b_init {
         return Err(CallError::Violation("second joiner is the initiator".into()));
@@ -469,7 +471,7 @@ async fn call_steps(
 
     let posted: Vec<String> = (0..spec.k).map(|n| body(room, "a", "post", n)).collect();
     for m in &posted {
-        post_message(ha, room, &a, m, t).await?;
+        post_message(clients, na, room, &a, m, t).await?;
     }
     match wb.expect_seq(&posted, t, "B receiving A's posted messages").await {
         Err(CallError::Lost(e)) => return Err(refused_elsewhere(&mut wa, "A", e)),
@@ -478,11 +480,11 @@ async fn call_steps(
     mark("B got A's posts");
     checked += posted.len();
 
-    hang_up(hb, wb, room, &b, t).await?;
+    hang_up(clients, nb, wb, room, &b, t).await?;
     mark("B hung up");
     wa.expect_seq(&[BYE.to_owned()], t, "A receiving B's bye").await?;
     checked += 1;
-    hang_up(ha, wa, room, &a, t).await?;
+    hang_up(clients, na, wa, room, &a, t).await?;
     mark("A hung up");
     Ok(CallOk { setup, total: started.elapsed(), messages: checked })
 }
@@ -562,7 +564,7 @@ pub async fn run(targets: Vec<Target>, spec: RunSpec, allowed: Allowed, audit: R
     let mut workers = Vec::new();
     for w in 0..spec.concurrency {
         let (records, next, allowed, audit, spec) = (records.clone(), next.clone(), allowed.clone(), audit.clone(), spec.clone());
-        let clients = Clients::new(&targets);
+        let mut clients = Clients::new(&targets);
         workers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
             loop {
@@ -578,7 +580,7 @@ pub async fn run(targets: Vec<Target>, spec: RunSpec, allowed: Allowed, audit: R
                 let (na, nb) = pick(&mut rng, clients.targets.len(), spec.call.placement, &nodes);
                 let room = format!("{}-{i}-{:06x}", spec.call.prefix, rng.random_range(0..0x100_0000u32));
                 let started = Instant::now();
-                let result = call(&clients, &spec.call, &room, na, nb).await;
+                let result = call(&mut clients, &spec.call, &room, na, nb).await;
                 if result.is_ok() {
                     audit.completed(&room);
                 }

@@ -13,6 +13,7 @@
 //! - [`calls`]: whole AppRTC calls, as a load and as an invariant checker.
 //! - [`chaos`]: faults under call load, a seeded schedule of them, and the rules checked after.
 //! - [`coturn`]: coturn's `turnutils_*` clients as reference TURN peers.
+//! - [`lean`]: lean HTTP and WebSocket clients for load generators.
 //! - [`faults`]: pauses, partitions and packet loss on real node processes.
 //! - [`netns`]: re-running a test inside a private network namespace.
 //! - [`turn_client`]: a small TURN client for exact protocol checks.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod coturn;
 pub mod faults;
+pub mod lean;
 pub mod netns;
 pub mod process;
 pub mod turn_client;

@@ -311,3 +311,82 @@ async fn t11_queue_cap() {
         assert_eq!(a.expect_msg(WAIT).await.unwrap(), format!("m{i}"));
     }
 }
+
+/// The server closes TCP right after the closing handshake (RFC 6455 7.1.1: the client waits for
+/// it), registered or not, instead of holding the connection until the client gives up.
+#[tokio::test]
+async fn t11_tcp_closed_after_closing_handshake() {
+    use cluster_tests::lean::{Frame, WsConn};
+    let (n, _) = node().await;
+    for registered in [false, true] {
+        let mut ws = WsConn::connect(&n.base()).await.unwrap();
+        if registered {
+            let r = fresh_room("tcpclose");
+            ws.send_text(format!(r#"{{"cmd":"register","roomid":"{r}","clientid":"a"}}"#).as_bytes()).await.unwrap();
+        }
+        ws.send_close().await.unwrap();
+        let started = std::time::Instant::now();
+        // The server's close frame, then the end of the stream.
+        let mut saw_close = false;
+        let ended = loop {
+            match tokio::time::timeout(WAIT, ws.recv()).await.expect("the server closes") {
+                Ok(Frame::Close(code)) => {
+                    assert_eq!(code, Some(1000));
+                    saw_close = true;
+                }
+                Ok(_) => {}
+                Err(_) => break started.elapsed(),
+            }
+        };
+        assert!(saw_close, "no close frame before the end (registered: {registered})");
+        // The HTTP server's own linger is a second; a prompt close is a few ms even here.
+        assert!(ended < Duration::from_millis(500), "TCP closed {ended:?} after the handshake (registered: {registered})");
+    }
+}
+
+/// What a client sent just before its close frame reaches the peer even when its `DELETE`
+/// follows the server's close reply at once (as Collider: frames read before the close are
+/// delivered before the socket is gone). Many sockets at once, where the race showed.
+#[tokio::test]
+async fn t11_last_message_before_close_survives_delete() {
+    use cluster_tests::lean::{Frame, HttpConn, WsConn};
+    let (n, _) = node().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let base = n.base();
+        tasks.push(tokio::spawn(async move {
+            let mut http = HttpConn::new(&base).unwrap();
+            let mut lost = Vec::new();
+            for _ in 0..25 {
+                let r = fresh_room("lastmsg");
+                let mut a = WsConn::connect(&base).await.unwrap();
+                let mut b = WsConn::connect(&base).await.unwrap();
+                a.send_text(format!(r#"{{"cmd":"register","roomid":"{r}","clientid":"a"}}"#).as_bytes()).await.unwrap();
+                b.send_text(format!(r#"{{"cmd":"register","roomid":"{r}","clientid":"b"}}"#).as_bytes()).await.unwrap();
+                b.send_text(br#"{"cmd":"send","msg":"hi"}"#).await.unwrap();
+                match tokio::time::timeout(WAIT, a.recv()).await {
+                    Ok(Ok(Frame::Data(d))) => assert!(String::from_utf8_lossy(&d).contains("hi")),
+                    other => panic!("first message: {other:?}"),
+                }
+                b.send_text(br#"{"cmd":"send","msg":"bye"}"#).await.unwrap();
+                b.send_close().await.unwrap();
+                while let Ok(Ok(f)) = tokio::time::timeout(WAIT, b.recv()).await {
+                    if matches!(f, Frame::Close(_)) {
+                        break;
+                    }
+                }
+                assert_eq!(http.request("DELETE", &format!("/{r}/b"), b"").await.unwrap().status, 200);
+                match tokio::time::timeout(WAIT, a.recv()).await {
+                    Ok(Ok(Frame::Data(d))) if String::from_utf8_lossy(&d).contains("bye") => {}
+                    other => lost.push(format!("{r}: {other:?}")),
+                }
+            }
+            lost
+        }));
+    }
+    let mut lost = Vec::new();
+    for t in tasks {
+        lost.extend(t.await.unwrap());
+    }
+    assert!(lost.is_empty(), "{} of 200 last messages lost: {:?}", lost.len(), &lost[..lost.len().min(5)]);
+}

@@ -149,7 +149,8 @@ async fn run(config: Config) -> Result<()> {
         .disable_signals()
         .shutdown_timeout(config.http.shutdown_timeout_secs)
         .max_connections(config.http.max_connections)
-        .client_request_timeout(Duration::from_secs(10));
+        .client_request_timeout(Duration::from_secs(10))
+        .on_connect(http::close::remember_socket);
     if config.http.workers > 0 {
         server = server.workers(config.http.workers);
     }
@@ -170,7 +171,9 @@ async fn run(config: Config) -> Result<()> {
         let mut sig = HttpServer::new(move || App::new().app_data(sig_node.clone()).configure(http::signaling_routes))
             .disable_signals()
             .shutdown_timeout(config.http.shutdown_timeout_secs)
-            .max_connections(config.http.max_connections);
+            .max_connections(config.http.max_connections)
+            .client_request_timeout(Duration::from_secs(10))
+            .on_connect(http::close::remember_socket);
         if config.http.workers > 0 {
             sig = sig.workers(config.http.workers);
         }

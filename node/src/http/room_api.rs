@@ -11,7 +11,7 @@ use switchboard_proto::apprtc::{room_params, JoinResponse, ResultCode, ResultOnl
 use switchboard_proto::credentials;
 use switchboard_proto::ids::validate_id;
 use switchboard_proto::rooms::{Command, JoinOutcome, MessageOutcome, Outcome, Route};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::{read_body, request_info, BodyError};
 use crate::node::Node;
@@ -47,7 +47,7 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     let cmd = Command::Join { room: room.clone(), client: client.clone(), loopback: info.loopback(), now_ms: now_ms() };
     let response = match node.membership.propose(cmd).await {
         Ok(Outcome::Join(JoinOutcome::Joined { initiator, messages })) => {
-            info!(%room, %client, initiator, "joined");
+            debug!(%room, %client, initiator, "joined");
             let params = room_params(&node.apprtc_settings(), &info, Some(&room)).for_join(&room, &client, initiator, messages);
             JoinResponse::success(&params)
         }
@@ -139,8 +139,8 @@ pub async fn leave(path: web::Path<(String, String)>, node: web::Data<Node>) -> 
         return HttpResponse::Ok().finish();
     }
     match node.membership.propose(Command::Leave { room: room.clone(), client: client.clone(), now_ms: now_ms() }).await {
-        Ok(Outcome::Left(true)) => info!(%room, %client, "left"),
-        Ok(_) => info!(%room, %client, "leave of a client that is not a member"),
+        Ok(Outcome::Left(true)) => debug!(%room, %client, "left"),
+        Ok(_) => debug!(%room, %client, "leave of a client that is not a member"),
         Err(e) => warn!(%room, %client, error = %e, "leave failed"),
     }
     HttpResponse::Ok().finish()

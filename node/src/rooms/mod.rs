@@ -5,7 +5,7 @@ mod registry;
 mod room;
 
 pub use registry::{ApplyEffects, RebindAll, RegisterSession, RoomRegistry, ToRoom};
-pub use room::{now_ms, Attach, Detach, Relay, RoomActor};
+pub use room::{now_ms, Attach, Detach, Flush, Relay, RoomActor};
 
 use actix::{Message, Recipient};
 

@@ -74,6 +74,16 @@ pub struct Detach {
 }
 
 /// A `send` frame from a registered session.
+/// Answers once everything `session` has sent so far is on its way to the peer (written,
+/// forwarded or applied by the log). A socket that the client closes waits for it before it
+/// answers the close: once the client sees the answer, a `DELETE` cannot overtake its last
+/// message (Collider reads a socket's frames one after the other, so the same holds there).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush {
+    pub session: SessionId,
+}
+
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Relay {
@@ -98,6 +108,9 @@ pub(super) struct DeliverLocal {
 #[rtype(result = "()")]
 pub(super) struct RoomEffect {
     pub index: u64,
+    /// Everything up to here is written once this effect is (`index`, unless more effects of
+    /// the same entry follow for this room).
+    pub through: u64,
     pub effect: Effect,
 }
 
@@ -164,6 +177,8 @@ struct Local {
     outbox: Outbox,
     /// The socket is still open (a closed one stays until its outbox is empty).
     open: bool,
+    /// Waiting for the outbox to empty (see [`Flush`]); dropped with the session.
+    flushed: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A direct delivery waiting for the effects before it.
@@ -267,6 +282,12 @@ impl RoomActor {
                 return;
             }
             if local.outbox.queue.is_empty() {
+                if let Some(local) = self.sessions.get_mut(&session) {
+                    for w in local.flushed.drain(..) {
+                        let _ = w.send(());
+                    }
+                }
+                let Some(local) = self.sessions.get(&session) else { return };
                 if !local.open {
                     self.sessions.remove(&session);
                     self.idle_check();
@@ -392,7 +413,7 @@ impl Handler<Attach> for RoomActor {
         // Known before the command applies, so the flush of queued messages finds the socket.
         self.sessions.insert(
             msg.session,
-            Local { client: msg.client.clone(), to: msg.to, outbox: Outbox::default(), open: true },
+            Local { client: msg.client.clone(), to: msg.to, outbox: Outbox::default(), open: true, flushed: Vec::new() },
         );
         let (room, client) = (self.name.clone(), msg.client.clone());
         let cmd = Command::Register {
@@ -475,6 +496,23 @@ impl Handler<Detach> for RoomActor {
         });
         // What the socket sent before it closed still goes out.
         self.pump(msg.session, ctx);
+    }
+}
+
+impl Handler<Flush> for RoomActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Flush, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.sessions.get_mut(&msg.session) {
+            Some(local) if local.outbox.in_flight.is_some() || !local.outbox.queue.is_empty() => local.flushed.push(tx),
+            _ => {
+                let _ = tx.send(());
+            }
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 
@@ -570,7 +608,7 @@ impl Handler<RoomEffect> for RoomActor {
             }
             Effect::Close { at, .. } => self.close(at.session),
         }
-        self.advance(msg.index);
+        self.advance(msg.through);
     }
 }
 

@@ -16,13 +16,17 @@ use switchboard_proto::rooms::SessionId;
 use tracing::{debug, info, warn};
 
 use super::directory::Reservation;
+use crate::http::close::CloseOnDrop;
 use crate::node::Node;
-use crate::rooms::{Attach, Detach, RegisterSession, Relay, RoomActor, ToSession};
+use crate::rooms::{Attach, Detach, Flush, RegisterSession, Relay, RoomActor, ToSession};
 
 /// How often a session pings its client.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// A client silent for this long (no frame, no pong) is dropped.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a close from the client waits for the room to take what the socket sent.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Tells a session the node is shutting down: close with 1001 Going Away.
 #[derive(Debug, Message)]
@@ -46,8 +50,11 @@ pub struct SignalingSession {
     writing: bool,
     close: Option<CloseReason>,
     close_sent: bool,
+    client_closed: bool,
     last_seen: Instant,
     _slot: Reservation,
+    /// Ends the TCP connection's reading side when the session is gone, so it closes at once.
+    _conn: Option<CloseOnDrop>,
 }
 
 /// `GET /ws`: upgrades to a Collider WebSocket. No `Origin` is required (AppRTC's Collider
@@ -66,6 +73,7 @@ pub async fn ws_handler(
         return Ok(HttpResponse::ServiceUnavailable().body("too many sessions\n"));
     };
     let (resp, ws, stream) = actix_ws::handle(&req, body)?;
+    let conn = CloseOnDrop::of(&req);
     let max = node.config.http.max_message_bytes;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     let id = SessionId::random();
@@ -82,8 +90,10 @@ pub async fn ws_handler(
             writing: false,
             close: None,
             close_sent: false,
+            client_closed: false,
             last_seen: Instant::now(),
             _slot: slot,
+            _conn: conn,
         }
     });
     Ok(resp)
@@ -198,6 +208,10 @@ impl SignalingSession {
     }
 
     fn on_frame(&mut self, data: &[u8], ctx: &mut Context<Self>) {
+        if self.client_closed {
+            // Nothing may follow a close frame (RFC 6455 5.5.1).
+            return;
+        }
         match collider::parse_client_frame(data) {
             Ok(ClientFrame::Register { room, client }) => self.on_register(room, client, ctx),
             Ok(ClientFrame::Send { msg }) => {
@@ -218,6 +232,25 @@ impl SignalingSession {
                 self.send_error(&e.to_string(), e.is_fatal(), ctx);
             }
         }
+    }
+
+    /// The client's close frame: answered once the room has taken every message read before it,
+    /// so that the client's `DELETE`, sent when it sees the answer, comes after them.
+    fn on_client_close(&mut self, ctx: &mut Context<Self>) {
+        if self.client_closed {
+            return;
+        }
+        self.client_closed = true;
+        let Some(reg) = &self.registered else {
+            return self.close_with(CloseCode::Normal, "", ctx);
+        };
+        let flush = tokio::time::timeout(FLUSH_WAIT, reg.addr.send(Flush { session: self.id }));
+        ctx.spawn(flush.into_actor(self).map(|res, act, ctx| {
+            if res.is_err() {
+                debug!(session = %act.id, "room did not take the socket's last messages in time; closing anyway");
+            }
+            act.close_with(CloseCode::Normal, "", ctx);
+        }));
     }
 
     fn on_register(&mut self, room: String, client: String, ctx: &mut Context<Self>) {
@@ -295,7 +328,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
             Ok(AggregatedMessage::Binary(b)) => self.on_frame(&b, ctx),
             Ok(AggregatedMessage::Ping(b)) => self.push(Message::Pong(b), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => self.close_with(CloseCode::Normal, "", ctx),
+            Ok(AggregatedMessage::Close(_)) => self.on_client_close(ctx),
             Err(ProtocolError::Overflow) => {
                 metrics::counter!("switchboard_errors_total", "kind" => "oversized").increment(1);
                 let e = FrameError::Json("message too large".into());
