@@ -28,6 +28,12 @@ pub enum ClusterCommand {
     NodeRemoved { node: NodeId, now_ms: u64, grace_ms: u64 },
     /// A node's load, for placing TURN allocations.
     Load { node: NodeId, report: LoadReport },
+    /// Proposals made at the same moment, in one log entry (group commit: one append and one
+    /// fsync per node for all of them). Applied in order, each as if it had the entry alone;
+    /// answered with [`Outcome::Batch`], one outcome per command, and `id`: Raft answers a
+    /// proposer by log index, and after a leader change the entry applied at that index may be
+    /// another one (the proposer's was replaced, so it was not applied and may be proposed again).
+    Batch { id: u64, cmds: Vec<ClusterCommand> },
 }
 
 /// What a node reports about its load and its TURN service.
@@ -96,7 +102,16 @@ impl ClusterCommand {
             ClusterCommand::NodeDown { now_ms, .. }
             | ClusterCommand::NodeUp { now_ms, .. }
             | ClusterCommand::NodeRemoved { now_ms, .. } => Some(now_ms),
-            ClusterCommand::Load { .. } => None,
+            ClusterCommand::Load { .. } | ClusterCommand::Batch { .. } => None,
+        }
+    }
+
+    /// Roughly how many bytes the command takes in a log entry: bounds a batch.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            ClusterCommand::Room(c) => c.approx_bytes(),
+            ClusterCommand::Batch { cmds, .. } => cmds.iter().map(ClusterCommand::approx_bytes).sum(),
+            _ => 64,
         }
     }
 }
@@ -147,6 +162,16 @@ impl ClusterState {
             ClusterCommand::Load { node, report } => {
                 self.nodes.entry(node).or_default().load = report;
                 Applied { outcome: Outcome::Noop, effects: Vec::new() }
+            }
+            ClusterCommand::Batch { id, cmds } => {
+                let mut outcomes = Vec::with_capacity(cmds.len());
+                let mut effects = Vec::new();
+                for c in cmds {
+                    let a = self.apply_at(index, c);
+                    outcomes.push(a.outcome);
+                    effects.extend(a.effects);
+                }
+                Applied { outcome: Outcome::Batch { id, outcomes }, effects }
             }
         }
     }
@@ -364,6 +389,29 @@ mod tests {
         s.apply(ClusterCommand::NodeUp { node: 1, incarnation: 2, now_ms: 200, grace_ms: 100 });
         assert!(s.is_up(1));
         assert_eq!(s.node(1).map(|n| n.since_ms), Some(200));
+    }
+
+    /// A batch gives the same state, outcomes and effects as its commands one by one, in order,
+    /// and answers with its id.
+    #[test]
+    fn batch_applies_like_its_commands_in_order() {
+        let cmds = vec![
+            ClusterCommand::Room(Command::Join { room: "R".into(), client: "a".into(), loopback: false, now_ms: 1 }),
+            ClusterCommand::Room(Command::Message { room: "R".into(), client: "a".into(), body: "m1".into(), now_ms: 2 }),
+            ClusterCommand::Room(Command::Message { room: "R".into(), client: "a".into(), body: "m2".into(), now_ms: 3 }),
+            ClusterCommand::Room(Command::Join { room: "R".into(), client: "b".into(), loopback: false, now_ms: 4 }),
+            ClusterCommand::Room(Command::Join { room: "R".into(), client: "c".into(), loopback: false, now_ms: 5 }),
+        ];
+        let mut one_by_one = ClusterState::new(Limits::default());
+        let singles: Vec<Applied> = cmds.iter().cloned().map(|c| one_by_one.apply_at(7, c)).collect();
+        let mut batched = ClusterState::new(Limits::default());
+        let a = batched.apply_at(7, ClusterCommand::Batch { id: 42, cmds });
+        assert_eq!(a.outcome, Outcome::Batch { id: 42, outcomes: singles.iter().map(|s| s.outcome.clone()).collect() });
+        assert_eq!(a.effects, singles.into_iter().flat_map(|s| s.effects).collect::<Vec<_>>());
+        assert_eq!(batched.to_snapshot().unwrap(), one_by_one.to_snapshot().unwrap());
+        let Outcome::Batch { outcomes, .. } = a.outcome else { unreachable!() };
+        assert_eq!(outcomes[3], Outcome::Join(crate::rooms::JoinOutcome::Joined { initiator: false, messages: vec!["m1".into(), "m2".into()] }));
+        assert_eq!(outcomes[4], Outcome::Join(crate::rooms::JoinOutcome::Full));
     }
 
     /// A node back from a pause announces the life it had: its bindings stay. A restarted node

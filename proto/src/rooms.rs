@@ -165,6 +165,17 @@ pub enum Command {
 }
 
 impl Command {
+    /// Roughly how many bytes the command takes when encoded.
+    pub fn approx_bytes(&self) -> usize {
+        let body = match self {
+            Command::Message { body, .. } | Command::Send { body, .. } => body.len(),
+            Command::Relay { bodies, .. } => bodies.iter().map(String::len).sum(),
+            Command::Reclaim { messages, .. } => messages.iter().map(|m| m.body.len() + 32).sum(),
+            _ => 0,
+        };
+        64 + body
+    }
+
     /// The time the command carries (every command carries one).
     pub fn now_ms_mut(&mut self) -> &mut u64 {
         match self {
@@ -213,6 +224,8 @@ pub enum Outcome {
     NodeUnbound { clients: usize },
     /// Answer to a replicated entry that carries no command (Raft's own entries).
     Noop,
+    /// Answer to a batch of commands in one entry (its id): one outcome per command, in order.
+    Batch { id: u64, outcomes: Vec<Outcome> },
 }
 
 /// Result of a join.
@@ -292,6 +305,15 @@ pub enum Effect {
     Deliver { room: String, to: String, at: Binding, messages: Vec<Envelope> },
     /// Close the socket at `at`: its client was removed.
     Close { room: String, client: String, at: Binding },
+}
+
+impl Effect {
+    /// The room the effect is in.
+    pub fn room(&self) -> &str {
+        match self {
+            Effect::Deliver { room, .. } | Effect::Close { room, .. } => room,
+        }
+    }
 }
 
 /// A command's outcome plus the effects on sockets.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use openraft::error::{ClientWriteError, RaftError};
+use super::batcher::{Batcher, WriteError};
 use switchboard_proto::cluster::{self, ClusterCommand, Frame, FrameReader, RaftRpc, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +27,7 @@ const MAX_PEER_CONNECTIONS: usize = 64;
 #[derive(Clone)]
 pub struct InboundContext {
     pub raft: Raft,
+    pub batcher: Batcher,
     pub registry: Addr<RoomRegistry>,
     pub secret: Vec<u8>,
     /// What arrived from whom, for once-only delivery and acknowledgements.
@@ -189,7 +190,7 @@ async fn handle(ctx: &InboundContext, body: Request) -> Reply {
                 Err(e) => Reply::Failed(format!("bad snapshot chunk: {e}")),
             },
         },
-        Request::Propose(cmd) => match tokio::time::timeout(ctx.propose_timeout, propose_here(&ctx.raft, cmd)).await {
+        Request::Propose(cmd) => match tokio::time::timeout(ctx.propose_timeout, propose_here(&ctx.batcher, cmd)).await {
             Ok(reply) => reply,
             // Nothing committed in time (no majority here): the proposer decides what next.
             Err(_) => Reply::Failed("no quorum: the proposal did not commit in time".into()),
@@ -202,10 +203,12 @@ async fn handle(ctx: &InboundContext, body: Request) -> Reply {
 }
 
 /// Applies a forwarded proposal if this node leads.
-pub async fn propose_here(raft: &Raft, cmd: ClusterCommand) -> Reply {
-    match raft.client_write(cmd).await {
-        Ok(r) => Reply::Proposed { outcome: r.data, index: r.log_id.index },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Reply::NotLeader { leader: f.leader_id },
-        Err(e) => Reply::Failed(e.to_string()),
+pub async fn propose_here(batcher: &Batcher, cmd: ClusterCommand) -> Reply {
+    match batcher.write(cmd).await {
+        Ok((outcome, index)) => Reply::Proposed { outcome, index },
+        Err(WriteError::NotLeader(leader)) => Reply::NotLeader { leader },
+        // Not applied; the proposer asks again.
+        Err(WriteError::Replaced) => Reply::NotLeader { leader: None },
+        Err(WriteError::Failed(e)) => Reply::Failed(e),
     }
 }

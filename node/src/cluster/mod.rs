@@ -22,6 +22,7 @@ pub mod leader;
 pub mod ledger;
 pub mod liveness;
 pub mod load;
+mod batcher;
 pub mod log_store;
 pub mod members;
 pub mod network;
@@ -52,6 +53,7 @@ use tracing::{info, warn};
 use self::clock::ClusterClock;
 use self::ledger::Ledger;
 use self::network::PeerLinks;
+use self::batcher::Batcher;
 use self::state_machine::{SharedState, StateMachine};
 use self::types::{PeerInfo, Raft};
 use crate::config::ClusterSection;
@@ -63,6 +65,8 @@ pub struct Cluster {
     pub id: NodeId,
     /// The Raft handle.
     pub raft: Raft,
+    /// Proposals to this node's Raft, batched.
+    batcher: Batcher,
     /// Links to the other members.
     pub links: PeerLinks,
     /// The applied state.
@@ -125,6 +129,7 @@ impl Cluster {
         let raft = Raft::new(id, Arc::new(raft_config), links.clone(), log_store, sm)
             .await
             .context("cannot start Raft")?;
+        let batcher = Batcher::start(raft.clone());
 
         let listen: SocketAddr = cfg.listen.parse().with_context(|| format!("cluster.listen {:?}", cfg.listen))?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (cluster)"))?;
@@ -134,6 +139,7 @@ impl Cluster {
             listener,
             inbound::InboundContext {
                 raft: raft.clone(),
+                batcher: batcher.clone(),
                 registry: registry.clone(),
                 secret: cfg.secret.as_bytes().to_vec(),
                 ledger: ledger.clone(),
@@ -159,6 +165,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             id,
             raft,
+            batcher,
             links,
             state,
             ledger,

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use switchboard_proto::cluster::{ClusterCommand, Reply, Request};
 use switchboard_proto::rooms::Outcome;
 use thiserror::Error;
 
+use super::batcher::WriteError;
 use super::{peer_link, Cluster};
 
 /// Why a command could not be applied.
@@ -56,11 +56,13 @@ impl Cluster {
                 return Err(ProposeError::NoQuorum);
             }
             self.stamp(&mut cmd);
-            let leader = match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+            let leader = match tokio::time::timeout(left, self.batcher.write(cmd.clone())).await {
                 Err(_) => return Err(ProposeError::NoQuorum),
-                Ok(Ok(r)) => return Ok(r.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
-                Ok(Err(e)) => return Err(ProposeError::Failed(e.to_string())),
+                Ok(Ok((outcome, _))) => return Ok(outcome),
+                Ok(Err(WriteError::NotLeader(leader))) => leader,
+                // Replaced by a new leader's entry before it committed: not applied.
+                Ok(Err(WriteError::Replaced)) => None,
+                Ok(Err(WriteError::Failed(e))) => return Err(ProposeError::Failed(e)),
             };
             match leader {
                 Some(l) if l != self.id => {

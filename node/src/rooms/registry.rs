@@ -152,12 +152,18 @@ impl Handler<ApplyEffects> for RoomRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyEffects, _: &mut Context<Self>) {
-        for (index, effect) in msg.effects {
-            let room = match &effect {
-                Effect::Deliver { room, .. } | Effect::Close { room, .. } => room,
-            };
-            match self.rooms.get(room) {
-                Some(addr) => addr.do_send(RoomEffect { index, effect }),
+        // A room may see several effects of one entry (a batch): only after the last of them
+        // is everything up to that entry written.
+        let last_of_entry: Vec<bool> = (0..msg.effects.len())
+            .map(|i| {
+                let (index, e) = &msg.effects[i];
+                !msg.effects[i + 1..].iter().take_while(|(j, _)| j == index).any(|(_, f)| f.room() == e.room())
+            })
+            .collect();
+        for ((index, effect), last) in msg.effects.into_iter().zip(last_of_entry) {
+            let through = if last { index } else { index.saturating_sub(1) };
+            match self.rooms.get(effect.room()) {
+                Some(addr) => addr.do_send(RoomEffect { index, through, effect }),
                 // No socket of that room here (it closed meanwhile): nothing to write to.
                 None => debug!(?effect, "effect for a room without local sockets dropped"),
             }
