@@ -6,6 +6,10 @@
 #                                            per session at 10 000 sessions.
 #   scripts/bench.sh cluster                 three nodes: join latency and joins/s through Raft,
 #                                            cross-node messaging vs one node, failover times.
+#   scripts/bench.sh calls                   whole AppRTC calls (join, register, K stored and K
+#                                            live messages each way, bye, leave) on one node and
+#                                            on three (same node, cross-node), ratios to one node;
+#                                            the 10-frame burst spread; joins through Raft.
 #   scripts/bench.sh turn                    coturn vs Switchboard with the same turnutils_uclient
 #                                            loads (stable, fixed 50 k/s, Send indications,
 #                                            saturating x5), then memory per idle allocation.
@@ -117,6 +121,44 @@ cluster() {
   target/release/clusterbench failover --rounds "${ROUNDS:-5}"
 }
 
+calls() {
+  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin callgen --bin burst --bin clusterbench
+  ulimit -n "$(ulimit -Hn)"
+  export SWITCHBOARD_BIN="$PWD/target/release/switchboard"
+  local n=${CALLS:-5000} c=${CONCURRENCY:-16}
+  echo "# whole calls ($(nproc) cores, generator included), K = 10, $c at once, $n calls per run, median of ${REPEAT}"
+  echo "# targets: one node >= 1000 calls/s, p50 < 5 ms, p99 < 20 ms, <= 0.5 ms server CPU per call;"
+  echo "#   three nodes cross-node >= 50 % of one node, p50 < 15 ms, p99 < 50 ms"
+  echo
+  echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | failed calls | calls/s vs one node |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  local base=""
+  for row in "single same one-node" "three same three-nodes" "three cross three-nodes"; do
+    set -- $row
+    local runs=()
+    for _ in $(seq "$REPEAT"); do
+      runs+=("$(target/release/callgen --spawn "$1" --placement "$2" --calls "$n" --concurrency "$c" --kv || true)")
+    done
+    local rate p50 p99 srv gen failed
+    rate=$(printf '%s\n' "${runs[@]}" | field calls_per_s | median)
+    p50=$(printf '%s\n' "${runs[@]}" | field setup_p50_ms | median)
+    p99=$(printf '%s\n' "${runs[@]}" | field setup_p99_ms | median)
+    srv=$(printf '%s\n' "${runs[@]}" | field server_ms_per_call | median)
+    gen=$(printf '%s\n' "${runs[@]}" | field gen_ms_per_call | median)
+    failed=$(printf '%s\n' "${runs[@]}" | awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]} f += v["calls"] - v["ok"] + 0} END {print f + 0}')
+    [ -n "$base" ] || base=$rate
+    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %.2fx |\n' "${3//-/ }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
+      "$(awk -v r="$rate" -v b="$base" 'BEGIN {print r / b}')"
+  done
+  echo
+  echo "## burst: 10 frames written back-to-back by one client, spread of their arrival at its peer (target: within 1 ms)"
+  target/release/burst --spawn single --rounds "${ROUNDS:-200}"
+  target/release/burst --spawn three --rounds "${ROUNDS:-200}" | tail -n +3
+  echo
+  echo "## joins through Raft (three nodes, ${DURATION}s per row; target >= 10 000/s at 64 at once, sequential p50 < 1 ms)"
+  target/release/clusterbench joins --duration "$DURATION" --concurrency 16 --concurrency 64
+}
+
 turn() {
   if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/null; then
     echo "installing coturn (the reference server and its clients)"
@@ -135,5 +177,6 @@ case "$what" in
   signaling) signaling "$@" ;;
   cluster) cluster "$@" ;;
   turn) turn "$@" ;;
-  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster | turn" >&2; exit 2 ;;
+  calls) calls "$@" ;;
+  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster | calls | turn" >&2; exit 2 ;;
 esac

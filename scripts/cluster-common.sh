@@ -51,3 +51,28 @@ wait_ready() {
   echo "node $n not ready after 30 s (no leader?)" >&2
   return 1
 }
+
+# leader: the id of the Raft leader as the first node that answers sees it.
+leader() {
+  local n s
+  for n in 1 2 3 4 5; do
+    if s=$(curl -sf -m 2 -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.$n:8083/admin/cluster/status"); then
+      python3 -c 'import json, sys; l = json.loads(sys.argv[1])["leader"]; print(l if l is not None else "")' "$s"
+      return
+    fi
+  done
+}
+
+# add_member N ROLE: asks the leader to add node N (running, empty data directory) as ROLE.
+add_member() {
+  local n=$1 role=$2 l
+  for _ in $(seq 100); do
+    l=$(leader)
+    [ -n "$l" ] && break
+    sleep 0.1
+  done
+  [ -n "$l" ] || { echo "no leader to add node $n" >&2; return 1; }
+  curl -sf -m 30 -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "{\"id\":$n,\"raft_addr\":\"127.0.0.$n:7000\",\"public_url\":\"http://127.0.0.$n:8083\",\"role\":\"$role\"}" \
+    "http://127.0.0.$l:8083/admin/cluster/nodes" && echo
+}

@@ -92,7 +92,7 @@ pub fn fault_options(extra: &[String]) -> ClusterOptions {
         "http.max_sessions=30000".to_owned(),
     ];
     sets.extend(extra.iter().cloned());
-    ClusterOptions { sets }
+    ClusterOptions { sets, ..Default::default() }
 }
 
 impl Chaos {

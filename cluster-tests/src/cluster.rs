@@ -1,5 +1,6 @@
-//! A real three-node cluster for tests: node N on 127.0.0.N with the same HTTP and cluster
-//! ports (like three hosts), each with its own data directory; node 1 bootstraps the group.
+//! A real cluster for tests: three voters, and optionally learners (nodes 4, 5…), node N on
+//! 127.0.0.N with the same HTTP and cluster ports (like separate hosts), each with its own data
+//! directory; node 1 bootstraps the group and learners join through the admin API.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -27,12 +28,15 @@ pub struct Cluster {
 pub struct ClusterOptions {
     /// `--set` values added to every node.
     pub sets: Vec<String>,
+    /// Learners beyond the three voters (nodes 4, 5, …).
+    pub learners: usize,
 }
 
 impl Cluster {
     /// Starts three nodes and waits until they agree on a leader.
     pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
-        let ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+        let total = 3 + opts.learners as u8;
+        let ips: Vec<Ipv4Addr> = (1..=total).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
         let http_port = free_port(&ips);
         let mut raft_port = free_port(&ips);
         while raft_port == http_port {
@@ -51,7 +55,7 @@ impl Cluster {
             turn_port = free_port(&ips);
         }
         let mut nodes = Vec::new();
-        for i in 1..=3u8 {
+        for i in 1..=total {
             let mut spec = NodeSpec {
                 http: SocketAddr::from((Ipv4Addr::new(127, 0, 0, i), http_port)),
                 sets: Vec::new(),
@@ -75,12 +79,39 @@ impl Cluster {
             spec.sets.extend(opts.sets.iter().cloned());
             nodes.push(spec);
         }
+        let learners = nodes.split_off(3);
         // Start all three before waiting on any: node 1 needs a majority to elect itself.
         let started = futures_util::future::join_all(nodes.into_iter().map(NodeProcess::start)).await;
         let nodes = started.into_iter().collect::<Result<Vec<_>>>()?;
-        let c = Cluster { nodes, http_port, raft_port, turn_port };
-        c.wait_leader(Duration::from_secs(20)).await?;
+        let mut c = Cluster { nodes, http_port, raft_port, turn_port };
+        let leader = c.wait_leader(Duration::from_secs(20)).await?;
+        for (i, spec) in learners.into_iter().enumerate() {
+            let id = 4 + i;
+            c.nodes.push(NodeProcess::start(spec).await?);
+            c.add_member(leader as usize, id, "learner").await?;
+        }
         Ok(c)
+    }
+
+    /// Asks node `via` (the leader) to add running node `id` as `role` (`learner` or `voter`).
+    pub async fn add_member(&self, via: usize, id: usize, role: &str) -> Result<()> {
+        let body = serde_json::json!({
+            "id": id,
+            "raft_addr": format!("127.0.0.{id}:{}", self.raft_port),
+            "public_url": self.base(id),
+            "role": role,
+        });
+        let r = reqwest::Client::new()
+            .post(format!("{}/admin/cluster/nodes", self.base(via)))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("adding node {id} as {role}: HTTP {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        Ok(())
     }
 
     /// The STUN/TURN listener (UDP and TCP) of node `n` (1-based).
@@ -154,7 +185,7 @@ impl Cluster {
     /// The leader as the live nodes see it, once they agree.
     pub async fn leader(&self) -> Option<u64> {
         let mut seen = None;
-        for n in 1..=3 {
+        for n in 1..=self.nodes.len() {
             if let Some(s) = self.status(n).await {
                 let l = s["leader"].as_u64()?;
                 if seen.is_some_and(|x| x != l) {

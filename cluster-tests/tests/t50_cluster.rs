@@ -17,6 +17,7 @@ fn opts() -> ClusterOptions {
             "cluster.propose_timeout_ms=2000".into(),
             "rooms.register_grace_ms=3000".into(),
         ],
+        ..Default::default()
     }
 }
 
@@ -179,7 +180,7 @@ async fn t52_messages_towards_a_dead_node_arrive_after_reregistering() {
 #[tokio::test]
 async fn t52_messages_towards_a_restarted_node_arrive_after_reregistering() {
     let mut c = Cluster::start(ClusterOptions {
-        sets: vec!["cluster.node_down_after_ms=10000".into(), "cluster.node_loss_grace_ms=20000".into()],
+        sets: vec!["cluster.node_down_after_ms=10000".into(), "cluster.node_loss_grace_ms=20000".into()], ..Default::default()
     })
     .await
     .unwrap();

@@ -47,7 +47,7 @@ async fn wait_placement(c: &Cluster, n: usize, want: &[&str], within: Duration) 
 
 #[tokio::test]
 async fn t52_cluster_turn_placement_and_relaying() {
-    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()] }).await.unwrap();
+    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()], ..Default::default() }).await.unwrap();
     // No load anywhere: ties go to the lowest id.
     wait_placement(&c, 3, &["127.0.0.1", "127.0.0.2"], Duration::from_secs(10)).await;
     let sets = turn_sets(&c, 3).await;

@@ -10,7 +10,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 
 async fn cluster() -> Cluster {
-    Cluster::start(ClusterOptions { sets: vec!["rooms.register_grace_ms=1500".into()] }).await.unwrap()
+    Cluster::start(ClusterOptions { sets: vec!["rooms.register_grace_ms=1500".into()], ..Default::default() }).await.unwrap()
 }
 
 async fn registered(c: &Cluster, node: usize, room: &str, client: &str) -> WsClient {

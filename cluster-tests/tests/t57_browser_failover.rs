@@ -16,7 +16,7 @@ async fn t57_browser_failover() {
     if rerun_in_netns("t57_browser_failover") {
         return;
     }
-    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()] }).await.unwrap();
+    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()], ..Default::default() }).await.unwrap();
     let room = fresh_room("fail");
     let a = Browser::launch().await.unwrap();
     a.open(&format!("{}/r/{room}", c.base(1))).await.unwrap();

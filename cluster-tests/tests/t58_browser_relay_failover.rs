@@ -29,7 +29,7 @@ async fn t58_browser_relay_failover() {
         return;
     }
     let mut c = Cluster::start(ClusterOptions {
-        sets: vec!["cluster.node_down_after_ms=600".into(), "ice.stun_urls=[]".into()],
+        sets: vec!["cluster.node_down_after_ms=600".into(), "ice.stun_urls=[]".into()], ..Default::default()
     })
     .await
     .unwrap();

@@ -19,7 +19,7 @@ async fn churn(c: &Cluster, node: usize, rooms: usize) {
 
 #[tokio::test]
 async fn t66_torn_snapshot_falls_back() {
-    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.snapshot_logs=40".into()] }).await.unwrap();
+    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.snapshot_logs=40".into()], ..Default::default() }).await.unwrap();
     let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap() as usize;
     let victim = (1..=3).find(|n| *n != leader).unwrap();
     churn(&c, leader, 60).await;

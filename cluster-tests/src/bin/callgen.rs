@@ -47,6 +47,10 @@ struct Args {
     /// `--set` for spawned nodes.
     #[arg(long = "set")]
     sets: Vec<String>,
+    /// Processes of running nodes whose CPU time to report per call (spawned nodes are counted
+    /// without it).
+    #[arg(long)]
+    server_pid: Vec<u32>,
     /// Print one machine-readable line (key=value) instead of a table.
     #[arg(long)]
     kv: bool,
@@ -68,7 +72,7 @@ async fn main() -> Result<()> {
             (t, Some(ADMIN_TOKEN.into()))
         }
         Some("three") => {
-            let c = Cluster::start(ClusterOptions { sets: args.sets.clone() }).await?;
+            let c = Cluster::start(ClusterOptions { sets: args.sets.clone(), ..Default::default() }).await?;
             let t = (1..=3).map(|n| Target::new(&c.base(n))).collect();
             cluster = Some(c);
             (t, Some(ADMIN_TOKEN.into()))
@@ -100,9 +104,15 @@ async fn main() -> Result<()> {
             }
         })
     });
+    let mut pids: Vec<u32> = args.server_pid.clone();
+    pids.extend(single.iter().filter_map(|n| n.pid()));
+    pids.extend(cluster.iter().flat_map(|c| c.nodes.iter().filter_map(|n| n.pid())));
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(&p.to_string())).sum::<f64>();
+    let (server0, gen0) = (cpu(&pids), cpu_secs("self"));
     let started = Instant::now();
     let records = calls::run(targets.clone(), spec, allowed, audit.clone()).await;
     let elapsed = started.elapsed();
+    let (server_cpu, gen_cpu) = (cpu(&pids) - server0, cpu_secs("self") - gen0);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(a) = auditor {
         let _ = a.await;
@@ -115,19 +125,22 @@ async fn main() -> Result<()> {
         }
     }
     let s = calls::summarise(&records, elapsed);
+    let per_call = |secs: f64| format!("{:.2}", secs * 1000.0 / s.calls.max(1) as f64);
+    let server_ms = if pids.is_empty() { "–".to_string() } else { per_call(server_cpu) };
+    let gen_ms = per_call(gen_cpu);
     let room_violations = audit.violations();
     let failures = s.calls - s.ok + room_violations.len();
     let placement = format!("{:?}", args.placement).to_lowercase();
     if args.kv {
         println!(
-            "nodes={n} placement={placement} concurrency={} k={} calls={} ok={} violations={} lost={} refused={} rooms_left={} calls_per_s={:.1} setup_p50_ms={:.2} setup_p99_ms={:.2} seed={}",
+            "nodes={n} placement={placement} concurrency={} k={} calls={} ok={} violations={} lost={} refused={} rooms_left={} calls_per_s={:.1} setup_p50_ms={:.2} setup_p99_ms={:.2} server_ms_per_call={server_ms} gen_ms_per_call={gen_ms} seed={}",
             args.concurrency, args.k, s.calls, s.ok, s.violations + room_violations.len(), s.lost, s.refused, left, s.calls_per_s, s.setup_p50_ms, s.setup_p99_ms, args.seed
         );
     } else {
-        println!("| nodes | placement | concurrency | K | calls | ok | violations | lost | refused | calls/s | set-up p50 | set-up p99 |");
-        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| nodes | placement | concurrency | K | calls | ok | violations | lost | refused | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call |");
+        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         println!(
-            "| {n} | {placement} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} ms | {:.2} ms |",
+            "| {n} | {placement} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} ms | {:.2} ms | {server_ms} | {gen_ms} |",
             args.concurrency, args.k, s.calls, s.ok, s.violations + room_violations.len(), s.lost, s.refused, s.calls_per_s, s.setup_p50_ms, s.setup_p99_ms
         );
     }
@@ -140,4 +153,15 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (or "self"), from /proc.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
 }

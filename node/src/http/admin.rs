@@ -51,14 +51,28 @@ pub async fn status(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddNode {
     id: u64,
     raft_addr: String,
     public_url: String,
+    /// `voter` (the default) or `learner`.
+    #[serde(default)]
+    role: Role,
 }
 
-/// `POST /admin/cluster/nodes` `{"id", "raft_addr", "public_url"}`: adds a node (it must be
-/// running with an empty data directory); it catches up as a learner, then votes.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Voter,
+    Learner,
+}
+
+/// `POST /admin/cluster/nodes` `{"id", "raft_addr", "public_url", "role"}`: adds a node (it
+/// must be running with an empty data directory); it catches up as a learner, then votes,
+/// unless `role` is `learner`: then it serves clients, signaling and TURN like any node without
+/// counting for commits (promote it later with `POST /admin/cluster/nodes/{id}/promote`).
 pub async fn add_node(req: HttpRequest, body: web::Json<AddNode>, node: web::Data<Node>) -> HttpResponse {
     if let Err(r) = authorised(&req, &node) {
         return r;
@@ -66,8 +80,23 @@ pub async fn add_node(req: HttpRequest, body: web::Json<AddNode>, node: web::Dat
     let Some(c) = node.membership.as_cluster() else { return not_clustered() };
     let b = body.into_inner();
     info!(id = b.id, raft = %b.raft_addr, "adding a node");
-    match c.add_node(b.id, PeerInfo { raft_addr: b.raft_addr, public_url: b.public_url }).await {
-        Ok(()) => HttpResponse::Ok().json(json!({"result": "added", "id": b.id})),
+    let voter = b.role == Role::Voter;
+    match c.add_node(b.id, PeerInfo { raft_addr: b.raft_addr, public_url: b.public_url }, voter).await {
+        Ok(()) => HttpResponse::Ok().json(json!({"result": "added", "id": b.id, "voter": voter})),
+        Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
+    }
+}
+
+/// `POST /admin/cluster/nodes/{id}/promote`: a learner becomes a voter.
+pub async fn promote_node(req: HttpRequest, path: web::Path<u64>, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    let Some(c) = node.membership.as_cluster() else { return not_clustered() };
+    let id = path.into_inner();
+    info!(id, "promoting a learner to voter");
+    match c.promote_node(id).await {
+        Ok(()) => HttpResponse::Ok().json(json!({"result": "promoted", "id": id})),
         Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
     }
 }
