@@ -133,7 +133,7 @@ calls() {
   echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | failed calls | calls/s vs one node |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   local base=""
-  for row in "single same one-node" "three same three-nodes" "three cross three-nodes"; do
+  for row in "single same one-node" "three same three-nodes" "three cross three-nodes" "five cross five-nodes-(3-voters+2-learners)"; do
     set -- $row
     local runs=()
     for _ in $(seq "$REPEAT"); do
@@ -147,7 +147,8 @@ calls() {
     gen=$(printf '%s\n' "${runs[@]}" | field gen_ms_per_call | median)
     failed=$(printf '%s\n' "${runs[@]}" | awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]} f += v["calls"] - v["ok"] + 0} END {print f + 0}')
     [ -n "$base" ] || base=$rate
-    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %.2fx |\n' "${3//-/ }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
+    local label=${3//-/ }
+    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %.2fx |\n' "${label//+/ + }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
       "$(awk -v r="$rate" -v b="$base" 'BEGIN {print r / b}')"
   done
   echo
@@ -157,6 +158,9 @@ calls() {
   echo
   echo "## joins through Raft (three nodes, ${DURATION}s per row; target >= 10 000/s at 64 at once, sequential p50 < 1 ms)"
   target/release/clusterbench joins --duration "$DURATION" --concurrency 16 --concurrency 64
+  echo
+  echo "## the same joins with two learners added (target: latency within 10 % of three nodes)"
+  target/release/clusterbench joins --duration "$DURATION" --learners 2
 }
 
 turn() {

@@ -19,7 +19,8 @@ use cluster_tests::{NodeProcess, NodeSpec};
 #[derive(Parser, Debug)]
 #[command(about = "Whole AppRTC calls as a load and an invariant check")]
 struct Args {
-    /// Start the nodes: `single` (one node, no cluster) or `three` (127.0.0.1-3).
+    /// Start the nodes: `single` (one node, no cluster), `three` (127.0.0.1-3) or `five` (three
+    /// voters and two learners, 127.0.0.1-5).
     #[arg(long)]
     spawn: Option<String>,
     /// Base URLs of running nodes (instead of --spawn).
@@ -71,13 +72,15 @@ async fn main() -> Result<()> {
             single = Some(n);
             (t, Some(ADMIN_TOKEN.into()))
         }
-        Some("three") => {
-            let c = Cluster::start(ClusterOptions { sets: args.sets.clone(), ..Default::default() }).await?;
-            let t = (1..=3).map(|n| Target::new(&c.base(n))).collect();
+        Some(which @ ("three" | "five")) => {
+            // Five: three voters and two learners (nodes 4 and 5).
+            let learners = if which == "five" { 2 } else { 0 };
+            let c = Cluster::start(ClusterOptions { sets: args.sets.clone(), learners }).await?;
+            let t = (1..=3 + learners).map(|n| Target::new(&c.base(n))).collect();
             cluster = Some(c);
             (t, Some(ADMIN_TOKEN.into()))
         }
-        Some(other) => bail!("--spawn takes single or three, not {other:?}"),
+        Some(other) => bail!("--spawn takes single, three or five, not {other:?}"),
         None if args.nodes.is_empty() => bail!("give --spawn or --nodes"),
         None => (args.nodes.iter().map(|n| Target::new(n)).collect(), args.admin_token.clone()),
     };
@@ -146,6 +149,14 @@ async fn main() -> Result<()> {
     }
     for e in s.examples.iter().chain(room_violations.iter().take(10)) {
         eprintln!("FAILED {e}");
+    }
+    if failures > 0 {
+        // What the spawned nodes warned about, to go with the failed calls.
+        for n in single.iter().chain(cluster.iter().flat_map(|c| c.nodes.iter())) {
+            for l in n.log().lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).take(50) {
+                eprintln!("node {}: {l}", n.spec.http);
+            }
+        }
     }
     drop(single);
     drop(cluster);

@@ -35,6 +35,10 @@ enum What {
         /// Concurrent clients of the loaded rows (one row set per value).
         #[arg(long, default_values_t = vec![16, 64])]
         concurrency: Vec<usize>,
+        /// Learners beyond the three voters (then only the sequential rows, and one through a
+        /// learner: what learners change is latency, if anything).
+        #[arg(long, default_value_t = 0)]
+        learners: usize,
     },
     /// Cross-node messaging with the load generator.
     Messages {
@@ -72,21 +76,26 @@ fn median(v: &mut [f64]) -> f64 {
 async fn main() -> Result<()> {
     cluster_tests::init_crypto();
     match Args::parse().what {
-        What::Joins { duration, concurrency } => joins(duration, concurrency).await,
+        What::Joins { duration, concurrency, learners } => joins(duration, concurrency, learners).await,
         What::Messages { rooms, duration } => messages(rooms, duration).await,
         What::Failover { rounds } => failover(rounds).await,
     }
 }
 
-async fn joins(duration: u64, concurrency: Vec<usize>) -> Result<()> {
-    let c = Cluster::start(opts()).await?;
+async fn joins(duration: u64, concurrency: Vec<usize>, learners: usize) -> Result<()> {
+    let c = Cluster::start(ClusterOptions { learners, ..opts() }).await?;
     let leader = c.wait_leader(Duration::from_secs(10)).await? as usize;
     let follower = (1..=3).find(|n| *n != leader).unwrap();
+    println!("# {} voters + {learners} learners", 3);
     println!("| joins through | clients | joins/s | p50 | p99 | errors | proposals per log entry (leader) |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut rows = vec![("leader, sequential", leader, 1), ("follower, sequential", follower, 1)];
-    for n in concurrency {
-        rows.extend([("leader", leader, n), ("follower", follower, n), ("all nodes", 0, n)]);
+    if learners > 0 {
+        rows.push(("learner, sequential", 4, 1));
+    } else {
+        for n in concurrency {
+            rows.extend([("leader", leader, n), ("follower", follower, n), ("all nodes", 0, n)]);
+        }
     }
     for (label, node, clients) in rows {
         let lat = Arc::new(Mutex::new(Vec::new()));

@@ -13,7 +13,9 @@ use tracing::{debug, warn};
 use super::types::Raft;
 
 /// Entries being committed at once; proposals arriving meanwhile wait and go together next.
-const IN_FLIGHT: usize = 4;
+/// openraft 0.9 appends one entry after another, each once durable, so more in flight only makes
+/// the entries smaller: one gave 12 200 joins/s at 64 at once where four gave 11 100.
+const IN_FLIGHT: usize = 1;
 /// Most commands in one entry.
 const MAX_COMMANDS: usize = 512;
 /// Most (approximate) bytes in one entry: a follower's append stays far below the frame cap.
