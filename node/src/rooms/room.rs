@@ -179,6 +179,10 @@ struct Local {
     open: bool,
     /// Waiting for the outbox to empty (see [`Flush`]); dropped with the session.
     flushed: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Its registration is being proposed: the state cannot tell yet whether it is bound.
+    registering: bool,
+    /// A check against the state came while it registered: check again once it has.
+    recheck: bool,
 }
 
 /// A direct delivery waiting for the effects before it.
@@ -369,8 +373,19 @@ impl RoomActor {
     /// cut off), close it.
     fn rebind(&mut self, ctx: &mut Context<Self>) {
         let clients = self.membership.read(|r| r.clients(&self.name));
-        let open: Vec<(SessionId, String)> =
-            self.sessions.iter().filter(|(_, l)| l.open).map(|(s, l)| (*s, l.client.clone())).collect();
+        // A socket whose registration is still on its way is checked once it has applied: until
+        // then the state shows its client as absent or unbound, and closing it would refuse a
+        // registration that is about to succeed (seen on a node just started, whose own NodeUp
+        // makes every room check its sockets).
+        for local in self.sessions.values_mut().filter(|l| l.registering) {
+            local.recheck = true;
+        }
+        let open: Vec<(SessionId, String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, l)| l.open && !l.registering)
+            .map(|(s, l)| (*s, l.client.clone()))
+            .collect();
         for (session, client) in open {
             match clients.iter().find(|(id, _)| *id == client) {
                 Some((_, Some(b))) if *b == self.binding(session) => {}
@@ -413,7 +428,15 @@ impl Handler<Attach> for RoomActor {
         // Known before the command applies, so the flush of queued messages finds the socket.
         self.sessions.insert(
             msg.session,
-            Local { client: msg.client.clone(), to: msg.to, outbox: Outbox::default(), open: true, flushed: Vec::new() },
+            Local {
+                client: msg.client.clone(),
+                to: msg.to,
+                outbox: Outbox::default(),
+                open: true,
+                flushed: Vec::new(),
+                registering: true,
+                recheck: false,
+            },
         );
         let (room, client) = (self.name.clone(), msg.client.clone());
         let cmd = Command::Register {
@@ -425,7 +448,7 @@ impl Handler<Attach> for RoomActor {
         let membership = self.membership.clone();
         let session = msg.session;
         Box::pin(async move { register_or_wait_for_takeover(&membership, cmd, &room, &client).await }.into_actor(self).map(
-            move |res, act, _| {
+            move |res, act, ctx| {
                 let res = match res {
                     Ok(Outcome::Register(Ok(()))) => Ok(()),
                     Ok(Outcome::Register(Err(e))) => Err(AttachError::Refused(e)),
@@ -438,6 +461,11 @@ impl Handler<Attach> for RoomActor {
                 if res.is_err() {
                     act.sessions.remove(&session);
                     act.idle_check();
+                } else if let Some(local) = act.sessions.get_mut(&session) {
+                    local.registering = false;
+                    if std::mem::take(&mut local.recheck) {
+                        act.rebind(ctx);
+                    }
                 }
                 res
             },
