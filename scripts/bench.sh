@@ -7,8 +7,10 @@
 #   scripts/bench.sh cluster                 three nodes: join latency and joins/s through Raft,
 #                                            cross-node messaging vs one node, failover times.
 #   scripts/bench.sh calls                   whole AppRTC calls (join, register, K stored and K
-#                                            live messages each way, bye, leave) on one node and
-#                                            on three (same node, cross-node), ratios to one node;
+#                                            live messages each way, bye, leave) on a bare floor
+#                                            server, one node, three (same node, cross-node) and
+#                                            five (3 voters + 2 learners), ratios to one node and
+#                                            to the floor's CPU;
 #                                            the 10-frame burst spread; joins through Raft.
 #   scripts/bench.sh turn                    coturn vs Switchboard with the same turnutils_uclient
 #                                            loads (stable, fixed 50 k/s, Send indications,
@@ -122,7 +124,7 @@ cluster() {
 }
 
 calls() {
-  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin callgen --bin burst --bin clusterbench
+  cargo build --release -q -p switchboard -p cluster-tests --bin switchboard --bin callgen --bin burst --bin clusterbench --bin callfloor
   ulimit -n "$(ulimit -Hn)"
   export SWITCHBOARD_BIN="$PWD/target/release/switchboard"
   local n=${CALLS:-5000} c=${CONCURRENCY:-16}
@@ -130,14 +132,24 @@ calls() {
   echo "# targets: one node >= 1000 calls/s, p50 < 5 ms, p99 < 20 ms, <= 0.5 ms server CPU per call;"
   echo "#   three nodes cross-node >= 50 % of one node, p50 < 15 ms, p99 < 50 ms"
   echo
-  echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | failed calls | calls/s vs one node |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  local base=""
-  for row in "single same one-node" "three same three-nodes" "three cross three-nodes" "five cross five-nodes-(3-voters+2-learners)"; do
+  echo "# floor: callfloor (cluster-tests/src/bin/callfloor.rs), one thread, no framework, no limits, the same calls"
+  echo
+  echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | failed calls | calls/s vs one node | server CPU vs floor |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  local base="" floor=""
+  for row in "floor same floor" "single same one-node" "three same three-nodes" "three cross three-nodes" "five cross five-nodes-(3-voters+2-learners)"; do
     set -- $row
     local runs=()
     for _ in $(seq "$REPEAT"); do
-      runs+=("$(target/release/callgen --spawn "$1" --placement "$2" --calls "$n" --concurrency "$c" --kv || true)")
+      if [ "$1" = floor ]; then
+        local fpid
+        target/release/callfloor --listen 127.0.0.1:18095 & fpid=$!
+        sleep 0.3
+        runs+=("$(target/release/callgen --nodes http://127.0.0.1:18095 --server-pid "$fpid" --placement same --calls "$n" --concurrency "$c" --kv || true)")
+        stop "$fpid"
+      else
+        runs+=("$(target/release/callgen --spawn "$1" --placement "$2" --calls "$n" --concurrency "$c" --kv || true)")
+      fi
     done
     local rate p50 p99 srv gen failed
     rate=$(printf '%s\n' "${runs[@]}" | field calls_per_s | median)
@@ -146,10 +158,11 @@ calls() {
     srv=$(printf '%s\n' "${runs[@]}" | field server_ms_per_call | median)
     gen=$(printf '%s\n' "${runs[@]}" | field gen_ms_per_call | median)
     failed=$(printf '%s\n' "${runs[@]}" | awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]} f += v["calls"] - v["ok"] + 0} END {print f + 0}')
-    [ -n "$base" ] || base=$rate
-    local label=${3//-/ }
-    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %.2fx |\n' "${label//+/ + }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
-      "$(awk -v r="$rate" -v b="$base" 'BEGIN {print r / b}')"
+    if [ "$1" = floor ]; then floor=$srv; elif [ -z "$base" ]; then base=$rate; fi
+    local label=${3//-/ } vs_one="–"
+    [ "$1" = floor ] || vs_one=$(awk -v r="$rate" -v b="$base" 'BEGIN {printf "%.2fx", r / b}')
+    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %s | %.2fx |\n' "${label//+/ + }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
+      "$vs_one" "$(awk -v s="$srv" -v f="$floor" 'BEGIN {print s / f}')"
   done
   echo
   echo "## burst: 10 frames written back-to-back by one client, spread of their arrival at its peer (target: within 1 ms)"
