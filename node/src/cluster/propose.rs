@@ -56,13 +56,19 @@ impl Cluster {
                 return Err(ProposeError::NoQuorum);
             }
             self.stamp(&mut cmd);
-            let leader = match tokio::time::timeout(left, self.batcher.write(cmd.clone())).await {
-                Err(_) => return Err(ProposeError::NoQuorum),
-                Ok(Ok((outcome, _))) => return Ok(outcome),
-                Ok(Err(WriteError::NotLeader(leader))) => leader,
-                // Replaced by a new leader's entry before it committed: not applied.
-                Ok(Err(WriteError::Replaced)) => None,
-                Ok(Err(WriteError::Failed(e))) => return Err(ProposeError::Failed(e)),
+            // A follower that knows the leader sends it there at once: asking its own Raft
+            // first would only hear "forward to the leader" back.
+            let known = self.raft.metrics().borrow().current_leader.filter(|l| *l != self.id);
+            let leader = match known {
+                Some(l) => Some(l),
+                None => match tokio::time::timeout(left, self.batcher.write(cmd.clone())).await {
+                    Err(_) => return Err(ProposeError::NoQuorum),
+                    Ok(Ok((outcome, _))) => return Ok(outcome),
+                    Ok(Err(WriteError::NotLeader(leader))) => leader,
+                    // Replaced by a new leader's entry before it committed: not applied.
+                    Ok(Err(WriteError::Replaced)) => None,
+                    Ok(Err(WriteError::Failed(e))) => return Err(ProposeError::Failed(e)),
+                },
             };
             match leader {
                 Some(l) if l != self.id => {
