@@ -170,6 +170,48 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Connects to `addr`, asks for `/ws` as `host` and reads the `101` answer: the socket, and the
+/// bytes that came after the answer's head (frames the server sent at once).
+pub async fn ws_upgrade(addr: SocketAddr, host: &str) -> Result<(TcpStream, Vec<u8>)> {
+    let mut tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(4096);
+    let end = loop {
+        if let Some(p) = find(&buf, b"\r\n\r\n") {
+            break p + 4;
+        }
+        fill(&mut tcp, &mut buf).await?;
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        bail!("handshake refused: {}", String::from_utf8_lossy(&buf[..end]).lines().next().unwrap_or_default());
+    }
+    buf.drain(..end);
+    Ok((tcp, buf))
+}
+
+/// Appends a client frame (masked with a zero key: the payload goes out as it is) to `out`.
+pub fn push_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+}
+
 /// What a WebSocket read returned.
 #[derive(Debug)]
 pub enum Frame {
@@ -192,44 +234,13 @@ impl WsConn {
     /// Connects to `base`'s `/ws` and completes the handshake.
     pub async fn connect(base: &str) -> Result<WsConn> {
         let (addr, host) = parse_base(base)?;
-        let mut tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tcp.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(4096);
-        let end = loop {
-            if let Some(p) = find(&buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            fill(&mut tcp, &mut buf).await?;
-        };
-        if !buf.starts_with(b"HTTP/1.1 101") {
-            bail!("handshake refused: {}", String::from_utf8_lossy(&buf[..end]).lines().next().unwrap_or_default());
-        }
-        buf.drain(..end);
+        let (tcp, buf) = ws_upgrade(addr, &host).await?;
         Ok(WsConn { tcp, buf, out: Vec::with_capacity(256) })
     }
 
     fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        // Masked with a zero key: the payload goes out as it is.
         self.out.clear();
-        self.out.push(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => self.out.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                self.out.push(0x80 | 126);
-                self.out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                self.out.push(0x80 | 127);
-                self.out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        self.out.extend_from_slice(&[0, 0, 0, 0]);
-        self.out.extend_from_slice(payload);
+        push_client_frame(&mut self.out, opcode, payload);
     }
 
     /// Sends a text frame.

@@ -26,6 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod coturn;
 pub mod faults;
+pub mod floor;
 pub mod lean;
 pub mod netns;
 pub mod process;

@@ -11,7 +11,6 @@ use anyhow::Result;
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -32,17 +31,8 @@ type Rooms = Rc<RefCell<HashMap<String, Room>>>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = TcpListener::bind(&args.listen).await?;
-        let rooms: Rooms = Rc::new(RefCell::new(HashMap::new()));
-        loop {
-            let (tcp, _) = listener.accept().await?;
-            tcp.set_nodelay(true)?;
-            tokio::task::spawn_local(serve(tcp, rooms.clone()));
-        }
-    })
+    let rooms: Rooms = Rc::new(RefCell::new(HashMap::new()));
+    cluster_tests::floor::serve_local(&args.listen, rooms, serve)
 }
 
 /// Server frame for `msg` (text, unmasked): `{"msg":"..","error":""}`.

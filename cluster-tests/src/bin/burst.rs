@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cluster_tests::cluster::{Cluster, ClusterOptions};
 use cluster_tests::fresh_room;
-use cluster_tests::lean::{Frame, WsConn};
+use cluster_tests::lean::{push_client_frame, Frame, WsConn};
 use cluster_tests::{NodeProcess, NodeSpec};
 
 #[derive(Parser)]
@@ -61,7 +61,7 @@ async fn round(to: &str, from: &str, frames: usize) -> Result<f64> {
     let mut all = Vec::new();
     for i in 0..frames {
         let body = format!(r#"{{"cmd":"send","msg":"{{\"type\":\"candidate\",\"n\":{i},\"candidate\":\"candidate:842163049 1 udp 1677729535 198.51.100.7 5000{i} typ srflx raddr 0.0.0.0 rport 0 generation 0\"}}"}}"#);
-        all.extend_from_slice(&ws_frame(body.as_bytes()));
+        push_client_frame(&mut all, 0x1, body.as_bytes());
     }
     b.send_raw(&all).await?;
     let mut first = None;
@@ -76,21 +76,6 @@ async fn round(to: &str, from: &str, frames: usize) -> Result<f64> {
     let _ = a.send_close().await;
     let _ = b.send_close().await;
     Ok(spread)
-}
-
-/// A masked (zero key) client text frame.
-fn ws_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
-    out
 }
 
 #[tokio::main(flavor = "current_thread")]

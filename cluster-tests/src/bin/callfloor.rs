@@ -14,7 +14,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -39,17 +39,8 @@ static NEXT_CLIENT: AtomicU64 = AtomicU64::new(10_000_000);
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = TcpListener::bind(&args.listen).await?;
-        let rooms: Rooms = Rc::new(RefCell::new(HashMap::new()));
-        loop {
-            let (tcp, _) = listener.accept().await?;
-            tcp.set_nodelay(true)?;
-            tokio::task::spawn_local(serve(tcp, rooms.clone()));
-        }
-    })
+    let rooms: Rooms = Rc::new(RefCell::new(HashMap::new()));
+    cluster_tests::floor::serve_local(&args.listen, rooms, serve)
 }
 
 /// A Collider server frame carrying `msg`.

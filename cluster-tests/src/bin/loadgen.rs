@@ -15,6 +15,8 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use cluster_tests::lean::ws_upgrade;
+
 #[derive(Parser, Debug)]
 #[command(about = "Collider signaling load generator")]
 struct Args {
@@ -60,30 +62,10 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Result<Client> {
-        let mut tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tcp.write_all(req.as_bytes()).await?;
-        let mut buf = vec![0u8; 4096];
-        let mut n = 0;
-        loop {
-            let r = tcp.read(&mut buf[n..]).await?;
-            if r == 0 {
-                bail!("closed during handshake");
-            }
-            n += r;
-            if let Some(pos) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-                if !buf.starts_with(b"HTTP/1.1 101") {
-                    bail!("handshake refused: {}", String::from_utf8_lossy(&buf[..pos]));
-                }
-                let leftover = n - (pos + 4);
-                buf.copy_within(pos + 4..n, 0);
-                return Ok(Client { tcp, buf, start: 0, end: leftover });
-            }
-        }
+        let (tcp, mut buf) = ws_upgrade(addr, &addr.to_string()).await?;
+        let end = buf.len();
+        buf.resize(end.max(4096), 0);
+        Ok(Client { tcp, buf, start: 0, end })
     }
 
     /// Writes one masked text frame (mask key 0, so the payload goes out as is).

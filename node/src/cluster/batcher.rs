@@ -2,20 +2,14 @@
 //! one log entry ([`ClusterCommand::Batch`]), so a burst of joins, stored messages and
 //! registrations costs one append and one fsync per node instead of one each.
 
-use std::sync::Arc;
-
 use openraft::error::{ClientWriteError, RaftError};
 use switchboard_proto::cluster::ClusterCommand;
 use switchboard_proto::rooms::{NodeId, Outcome};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::types::Raft;
 
-/// Entries being committed at once; proposals arriving meanwhile wait and go together next.
-/// openraft 0.9 appends one entry after another, each once durable, so more in flight only makes
-/// the entries smaller: one gave 12 200 joins/s at 64 at once where four gave 11 100.
-const IN_FLIGHT: usize = 1;
 /// Most commands in one entry.
 const MAX_COMMANDS: usize = 512;
 /// Most (approximate) bytes in one entry: a follower's append stays far below the frame cap.
@@ -61,11 +55,11 @@ impl Batcher {
     }
 }
 
+/// One entry is committed at a time; proposals arriving meanwhile queue and go together next.
+/// openraft 0.9 appends one entry after another, each once durable, so more in flight only made
+/// the entries smaller: one gave 12 200 joins/s at 64 at once where four gave 11 100.
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
-        // While every slot is busy, more proposals queue up behind this one.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.cmd.approx_bytes();
         let mut jobs = vec![first];
         while jobs.len() < MAX_COMMANDS && bytes < MAX_BYTES {
@@ -78,11 +72,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!("switchboard_raft_batch_commands").record(jobs.len() as f64);
-        let raft = raft.clone();
-        actix::spawn(async move {
-            write(&raft, jobs).await;
-            drop(permit);
-        });
+        write(&raft, jobs).await;
     }
 }
 

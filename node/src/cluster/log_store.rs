@@ -1,8 +1,8 @@
 //! The Raft log, vote and commit index in one redb file in the node's data directory. Writes go
 //! to one writer thread that commits everything waiting as one durable transaction (group
-//! commit: one fsync for many entries, on every node). `append` returns at once and reports
-//! durability through openraft's callback, so replication to the followers overlaps the local
-//! fsync; entries not yet on disk are served to readers from memory.
+//! commit: one fsync for many entries, on every node). `append` hands its entries over and
+//! reports durability through openraft's callback; entries not yet on disk are served to readers
+//! from memory. (openraft 0.9 still waits for that callback before it replicates an entry.)
 
 // openraft's traits return its StorageError, which is large; errors are rare (disk failure) and
 // boxing would only convert back at every trait boundary.
@@ -42,7 +42,7 @@ const MAX_GROUP: usize = 4096;
 
 /// A write, in the order the writer must apply it.
 enum Op {
-    Append { rows: Vec<(u64, LogId, Vec<u8>)>, done: LogFlushed<TypeConfig> },
+    Append { rows: Vec<(LogId, Vec<u8>)>, done: LogFlushed<TypeConfig> },
     Truncate { from: u64, done: oneshot::Sender<Result<(), String>> },
     Purge { upto: u64, meta: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
     Meta { key: &'static str, value: Vec<u8>, done: Option<oneshot::Sender<Result<(), String>>> },
@@ -147,9 +147,9 @@ fn write_loop(db: &Database, pending: &Mutex<BTreeMap<u64, Entry>>, ops: &std::s
                         // Now readable from disk; a newer entry at the same index (after a
                         // truncation) stays pending.
                         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-                        for (i, id, _) in &rows {
-                            if p.get(i).is_some_and(|e| e.log_id == *id) {
-                                p.remove(i);
+                        for (id, _) in &rows {
+                            if p.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                                p.remove(&id.index);
                             }
                         }
                     }
@@ -176,8 +176,8 @@ fn write_group(db: &Database, group: &[Op]) -> Result<(), redb::Error> {
         for op in group {
             match op {
                 Op::Append { rows, .. } => {
-                    for (i, _, bytes) in rows {
-                        log.insert(*i, bytes.as_slice())?;
+                    for (id, bytes) in rows {
+                        log.insert(id.index, bytes.as_slice())?;
                     }
                 }
                 Op::Truncate { from, .. } => log.retain_in(*from.., |_, _| false)?,
@@ -255,7 +255,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for e in entries {
-                rows.push((e.log_id.index, e.log_id, postcard::to_allocvec(&e).map_err(write_err)?));
+                rows.push((e.log_id, postcard::to_allocvec(&e).map_err(write_err)?));
                 p.insert(e.log_id.index, e);
             }
         }
@@ -270,11 +270,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let meta = postcard::to_allocvec(&log_id).map_err(write_err)?;
-        {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let keep = p.split_off(&(log_id.index + 1));
-            *p = keep;
-        }
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|i, _| *i > log_id.index);
         self.submit_wait(|done| Op::Purge { upto: log_id.index, meta, done }).await
     }
 }

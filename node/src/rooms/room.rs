@@ -165,6 +165,13 @@ struct Outbox {
     attempts: u32,
 }
 
+impl Outbox {
+    /// Nothing queued and nothing on its way through the log.
+    fn drained(&self) -> bool {
+        self.in_flight.is_none() && self.queue.is_empty()
+    }
+}
+
 impl Default for Outbox {
     fn default() -> Self {
         Outbox { queue: VecDeque::new(), next: 1, in_flight: None, retry: RETRY_MIN, attempts: 0 }
@@ -281,17 +288,14 @@ impl RoomActor {
     fn pump(&mut self, session: SessionId, ctx: &mut Context<Self>) {
         let me = self.membership.node_id();
         loop {
-            let Some(local) = self.sessions.get(&session) else { return };
+            let Some(local) = self.sessions.get_mut(&session) else { return };
             if local.outbox.in_flight.is_some() {
                 return;
             }
             if local.outbox.queue.is_empty() {
-                if let Some(local) = self.sessions.get_mut(&session) {
-                    for w in local.flushed.drain(..) {
-                        let _ = w.send(());
-                    }
+                for w in local.flushed.drain(..) {
+                    let _ = w.send(());
                 }
-                let Some(local) = self.sessions.get(&session) else { return };
                 if !local.open {
                     self.sessions.remove(&session);
                     self.idle_check();
@@ -533,7 +537,7 @@ impl Handler<Flush> for RoomActor {
     fn handle(&mut self, msg: Flush, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         match self.sessions.get_mut(&msg.session) {
-            Some(local) if local.outbox.in_flight.is_some() || !local.outbox.queue.is_empty() => local.flushed.push(tx),
+            Some(local) if !local.outbox.drained() => local.flushed.push(tx),
             _ => {
                 let _ = tx.send(());
             }
