@@ -48,8 +48,11 @@ async fn wait_placement(c: &Cluster, n: usize, want: &[&str], within: Duration) 
 #[tokio::test]
 async fn t52_cluster_turn_placement_and_relaying() {
     let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()], ..Default::default() }).await.unwrap();
-    // No load anywhere: ties go to the lowest id.
-    wait_placement(&c, 3, &["127.0.0.1", "127.0.0.2"], Duration::from_secs(10)).await;
+    // No load anywhere: ties go to the lowest id. Every node waits to have applied the others'
+    // reports, which also carry the relay addresses each node lets its clients reach.
+    for n in 1..=3 {
+        wait_placement(&c, n, &["127.0.0.1", "127.0.0.2"], Duration::from_secs(10)).await;
+    }
     let sets = turn_sets(&c, 3).await;
     assert_eq!(sets[0]["username"], sets[1]["username"], "one credential for both entries");
     for s in &sets {

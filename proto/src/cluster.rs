@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use thiserror::Error;
@@ -261,9 +260,9 @@ pub enum Reply {
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
-    /// First frame of a connection: who connects, which life of it, and proof of the cluster
-    /// secret.
-    Hello { from: NodeId, incarnation: u64, auth: Vec<u8> },
+    /// First frame of a connection, sealed like every frame (see [`crate::peer_security`]):
+    /// who connects and which life of it.
+    Hello { from: NodeId, incarnation: u64 },
     Request { id: u64, body: Request },
     Reply { id: u64, body: Reply },
     /// Signaling messages for a session on the receiving node. `seq` orders and deduplicates
@@ -276,29 +275,12 @@ pub enum Frame {
     Forward { seq: u64, room: String, session: SessionId, messages: Vec<String>, barrier: u64, floor: u64 },
     /// Every forward up to `seq` was handed to its socket (or its socket is gone).
     Ack { seq: u64 },
-    /// The acceptor's answer to a valid Hello: its own life. A dialler that sees it change knows
-    /// the sockets its unacknowledged forwards were meant for are gone.
-    Welcome { incarnation: u64 },
+    /// The acceptor's answer to a Hello: who it is (the dialler checks it reached the node it
+    /// meant) and its life. A dialler that sees the life change knows the sockets its
+    /// unacknowledged forwards were meant for are gone.
+    Welcome { node: NodeId, incarnation: u64 },
     Ping { nonce: u64 },
     Pong { nonce: u64 },
-}
-
-/// Proof that a peer knows the cluster secret: HMAC-SHA256 over its id and incarnation.
-pub fn hello_auth(secret: &[u8], from: NodeId, incarnation: u64) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(b"switchboard-peer-v1");
-    mac.update(&from.to_be_bytes());
-    mac.update(&incarnation.to_be_bytes());
-    mac.finalize().into_bytes().to_vec()
-}
-
-/// Checks a [`Frame::Hello`] proof in constant time.
-pub fn verify_hello(secret: &[u8], from: NodeId, incarnation: u64, auth: &[u8]) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(b"switchboard-peer-v1");
-    mac.update(&from.to_be_bytes());
-    mac.update(&incarnation.to_be_bytes());
-    mac.verify_slice(auth).is_ok()
 }
 
 /// The largest frame a peer may send (snapshots travel in chunks below this).
@@ -499,11 +481,11 @@ mod tests {
     #[test]
     fn frames_round_trip_in_pieces() {
         let frames = vec![
-            Frame::Hello { from: 2, incarnation: 7, auth: hello_auth(b"k", 2, 7) },
+            Frame::Hello { from: 2, incarnation: 7 },
             Frame::Request { id: 1, body: Request::Propose(ClusterCommand::NodeUp { node: 2, incarnation: 5, now_ms: 1, grace_ms: 2 }) },
             Frame::Reply { id: 1, body: Reply::Proposed { outcome: Outcome::Noop, index: 4 } },
             Frame::Forward { seq: 9, room: "R".into(), session: SessionId(Uuid::from_u128(3)), messages: vec!["m".into()], barrier: 3, floor: 9 },
-            Frame::Welcome { incarnation: 8 },
+            Frame::Welcome { node: 1, incarnation: 8 },
             Frame::Ack { seq: 9 },
             Frame::Ping { nonce: 4 },
         ];
@@ -530,14 +512,5 @@ mod tests {
         let mut r = FrameReader::default();
         r.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
         assert!(matches!(r.next_frame(), Err(CodecError::Malformed(_))));
-    }
-
-    #[test]
-    fn hello_needs_the_secret() {
-        let auth = hello_auth(b"secret", 3, 42);
-        assert!(verify_hello(b"secret", 3, 42, &auth));
-        assert!(!verify_hello(b"other", 3, 42, &auth));
-        assert!(!verify_hello(b"secret", 4, 42, &auth));
-        assert!(!verify_hello(b"secret", 3, 42, &auth[..10]));
     }
 }

@@ -12,7 +12,8 @@
 //! Files by duty: `propose` (proposals, read-your-writes), `clock` (cluster time), `leader`
 //! (liveness and timers), `liveness` (this node's announcements), `watch` (acting on applied
 //! liveness), `reclaim` (forwards to lost nodes sent through the log), `ledger` (forwards
-//! received, once-only, acknowledgements), `peer_link`/`network`/`inbound` (the links),
+//! received, once-only, acknowledgements), `peer_link`/`network`/`inbound` (the links), `link_stream` (their
+//! mutual authentication and sealing),
 //! `state_machine`/`log_store` (Raft storage), `status`, `members`, `handover`, `load`.
 
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod handover;
 pub mod inbound;
 pub mod leader;
 pub mod ledger;
+pub mod link_stream;
 pub mod liveness;
 pub mod load;
 mod batcher;
@@ -143,6 +145,7 @@ impl Cluster {
                 registry: registry.clone(),
                 secret: cfg.secret.as_bytes().to_vec(),
                 ledger: ledger.clone(),
+                me: id,
                 incarnation,
                 propose_timeout: Duration::from_millis(cfg.propose_timeout_ms),
                 links: links.clone(),

@@ -12,11 +12,11 @@ use actix::prelude::*;
 use switchboard_proto::cluster::{self, Frame, FrameReader, Reply, Request};
 use switchboard_proto::rooms::{Binding, Envelope, ForwardTag, NodeId, SessionId};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::link_stream;
 use super::types::PeerInfo;
 
 /// How often a link pings its peer.
@@ -220,11 +220,8 @@ impl PeerLink {
         self.gen += 1;
         let gen = self.gen;
         let addr = self.info.raft_addr.clone();
-        let hello = Frame::Hello {
-            from: self.ctx.me,
-            incarnation: self.ctx.incarnation,
-            auth: cluster::hello_auth(&self.ctx.secret, self.ctx.me, self.ctx.incarnation),
-        };
+        let hello = Frame::Hello { from: self.ctx.me, incarnation: self.ctx.incarnation };
+        let secret = self.ctx.secret.clone();
         let me = ctx.address();
         actix::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await {
@@ -232,47 +229,34 @@ impl PeerLink {
                 Ok(Err(e)) => return me.do_send(Disconnected { gen, why: e.to_string() }),
                 Err(_) => return me.do_send(Disconnected { gen, why: "connect timed out".into() }),
             };
-            let _ = stream.set_nodelay(true);
-            let (mut rd, mut wr) = stream.into_split();
-            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
             let Ok(hello) = cluster::encode(&hello) else { return };
-            if wr.write_all(&hello).await.is_err() {
-                return me.do_send(Disconnected { gen, why: "hello failed".into() });
-            }
+            let (mut reader, wr, sealer) = match link_stream::dial(stream, &secret, &hello).await {
+                Ok(parts) => parts,
+                Err(e) => {
+                    if link_stream::is_auth_failure(&e) {
+                        warn!(%addr, error = %format!("{e:#}"), "peer link refused: the listener failed authentication");
+                        metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
+                    }
+                    return me.do_send(Disconnected { gen, why: format!("{e:#}") });
+                }
+            };
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
             me.do_send(Connected { gen, tx });
             let writer_me = me.clone();
             actix::spawn(async move {
-                // Coalesce queued frames into one write.
-                let mut batch = Vec::new();
-                while let Some(first) = rx.recv().await {
-                    batch.clear();
-                    batch.extend_from_slice(&first);
-                    while batch.len() < 256 * 1024 {
-                        match rx.try_recv() {
-                            Ok(more) => batch.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    if let Err(e) = wr.write_all(&batch).await {
-                        writer_me.do_send(Disconnected { gen, why: e.to_string() });
-                        return;
-                    }
-                }
+                let why = link_stream::write_frames(wr, sealer, rx).await;
+                writer_me.do_send(Disconnected { gen, why });
             });
-            let mut reader = FrameReader::default();
-            let mut buf = vec![0u8; 64 * 1024];
             loop {
-                let n = match rd.read(&mut buf).await {
-                    Ok(0) => return me.do_send(Disconnected { gen, why: "closed by peer".into() }),
-                    Ok(n) => n,
-                    Err(e) => return me.do_send(Disconnected { gen, why: e.to_string() }),
-                };
-                reader.push(&buf[..n]);
-                loop {
-                    match reader.next_frame() {
-                        Ok(Some(frame)) => me.do_send(Incoming { gen, frame }),
-                        Ok(None) => break,
-                        Err(e) => return me.do_send(Disconnected { gen, why: e.to_string() }),
+                match reader.next_frame().await {
+                    Ok(Some(frame)) => me.do_send(Incoming { gen, frame }),
+                    Ok(None) => return me.do_send(Disconnected { gen, why: "closed by peer".into() }),
+                    Err(e) => {
+                        if link_stream::is_auth_failure(&e) {
+                            warn!(%addr, error = %format!("{e:#}"), "peer link closed: a frame was not sealed by the peer");
+                            metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
+                        }
+                        return me.do_send(Disconnected { gen, why: format!("{e:#}") });
                     }
                 }
             }
@@ -352,7 +336,7 @@ impl Handler<Disconnected> for PeerLink {
 impl Handler<Incoming> for PeerLink {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
         if msg.gen != self.gen {
             return;
         }
@@ -368,7 +352,15 @@ impl Handler<Incoming> for PeerLink {
                     self.unacked.pop_front();
                 }
             }
-            Frame::Welcome { incarnation } => self.welcomed(incarnation),
+            Frame::Welcome { node, incarnation } => {
+                if node != self.peer {
+                    warn!(peer = self.peer, addr = %self.info.raft_addr, answered = node, "another node answers at this peer's cluster address; check cluster.peers");
+                    self.gen += 1;
+                    self.drop_connection("wrong node", ctx);
+                    return;
+                }
+                self.welcomed(incarnation)
+            }
             Frame::Pong { nonce } => {
                 if let Some((n, at)) = self.ping_sent {
                     if n == nonce {
