@@ -275,3 +275,54 @@ async fn t21_bandwidth_cap() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&peer), 5, "the budget refilled");
 }
+
+/// `turn.max_bps` at 100 Mbit/s (12.5 MB/s), beyond where `rate × elapsed` once overflowed:
+/// a client offering twice that gets it relayed at the cap, in a debug build, and the shard is
+/// alive afterwards.
+#[tokio::test]
+async fn t21_bandwidth_cap_at_100_mbit() {
+    const RATE: f64 = 12_500_000.0;
+    let n = node(&["turn.max_bps=12500000", "turn.allow_peers=[\"127.0.0.0/8\"]", "turn.threads=1"]).await;
+    let peer = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let _ = socket2::SockRef::from(&*peer).set_recv_buffer_size(8 << 20);
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(c.allocate().await.unwrap().code, 0);
+    assert_eq!(c.bind(0x4000, peer_addr).await.unwrap().code, 0);
+
+    // The peer counts bytes per 100 ms slot.
+    let slots = std::sync::Arc::new(std::sync::Mutex::new(vec![0u64; 60]));
+    let start = tokio::time::Instant::now();
+    let (p, s) = (peer.clone(), slots.clone());
+    let counter = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok(len)) = tokio::time::timeout(Duration::from_millis(500), p.recv(&mut buf)).await {
+            let slot = (start.elapsed().as_millis() / 100) as usize;
+            if let Some(v) = s.lock().unwrap().get_mut(slot) {
+                *v += len as u64;
+            }
+        }
+    });
+    // Offer about twice the cap for 4 s, in 1 ms steps.
+    let payload = [7u8; 1200];
+    let mut offered = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(4) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * RATE * 2.0) as u64;
+        while offered < due {
+            c.send_channel(0x4000, &payload).await.unwrap();
+            offered += payload.len() as u64;
+        }
+    }
+    let _ = counter.await;
+    let slots = slots.lock().unwrap().clone();
+    // The first second's budget drains in the first second; from 1.5 s on, the steady rate.
+    let steady: u64 = slots[15..40].iter().sum();
+    let rate = steady as f64 / 2.5;
+    println!("offered {:.1} MB/s, relayed {:.2} MB/s steady (cap {:.1} MB/s)", offered as f64 / 4.0 / 1e6, rate / 1e6, RATE / 1e6);
+    assert!(offered as f64 / 4.0 > RATE * 1.5, "the client could not offer more than the cap");
+    assert!((0.8 * RATE..=1.1 * RATE).contains(&rate), "relayed {rate:.0} B/s under a cap of {RATE} B/s");
+    // The shard that did it still answers.
+    assert_eq!(TurnClient::udp(n.turn, "", "").await.unwrap().binding().await.unwrap().code, 0);
+}

@@ -96,13 +96,15 @@ impl Shared {
 pub struct Bucket {
     rate: u64,
     tokens: u64,
-    last_ms: u64,
+    /// When it was last refilled; unset until first used, so the first refill is not measured
+    /// from the epoch.
+    last_ms: Option<u64>,
 }
 
 impl Bucket {
     /// A bucket of `rate` bytes/s holding one second's worth.
     pub fn new(rate: u64) -> Self {
-        Bucket { rate, tokens: rate, last_ms: 0 }
+        Bucket { rate, tokens: rate, last_ms: None }
     }
 
     /// Whether `len` bytes may pass now.
@@ -110,10 +112,14 @@ impl Bucket {
         if self.rate == 0 {
             return true;
         }
-        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let last = *self.last_ms.get_or_insert(now_ms);
+        // More than a second idle refills it completely, so longer gaps need no arithmetic
+        // (and `rate × elapsed` stays far from overflow at any rate).
+        let elapsed = now_ms.saturating_sub(last).min(1000);
         if elapsed > 0 {
-            self.tokens = (self.tokens + self.rate * elapsed / 1000).min(self.rate);
-            self.last_ms = now_ms;
+            let refill = (u128::from(self.rate) * u128::from(elapsed) / 1000) as u64;
+            self.tokens = self.tokens.saturating_add(refill).min(self.rate);
+            self.last_ms = Some(now_ms);
         }
         if self.tokens >= len as u64 {
             self.tokens -= len as u64;
@@ -122,6 +128,26 @@ impl Bucket {
             false
         }
     }
+}
+
+/// Runs `body` on a named thread; if it panics, `on_panic` gets the thread's name and the
+/// panic message, so a dead thread is never silent.
+pub fn supervised(name: String, body: impl FnOnce() + Send + 'static, on_panic: impl FnOnce(&str, &str) + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            on_panic(&name, &msg);
+        }
+    })
+}
+
+/// What a TURN shard's panic does: its allocations are gone and its share of the listeners'
+/// packets would go unanswered, so the node logs it, counts it and exits for its supervisor
+/// (systemd `Restart=`) to start it afresh; clients reconnect, in a cluster to another node.
+fn shard_died(name: &str, msg: &str) {
+    tracing::error!(thread = name, panic = msg, "TURN shard panicked; exiting so the node restarts");
+    metrics::counter!("switchboard_errors_total", "kind" => "turn_shard_panic").increment(1);
+    std::process::exit(70);
 }
 
 /// The running TURN server of a node.
@@ -199,7 +225,7 @@ impl TurnService {
         for id in 0..threads {
             let (shard, handle) = Shard::new(id as u8, &t.listen, shared.clone())
                 .with_context(|| format!("cannot listen for TURN on {:?}", t.listen))?;
-            std::thread::Builder::new().name(format!("turn-udp-{id}")).spawn(move || shard.run())?;
+            supervised(format!("turn-udp-{id}"), move || shard.run(), shard_died)?;
             shards.push(handle);
         }
         tcp::start(config, shared.clone())?;
@@ -243,6 +269,7 @@ impl TurnService {
 mod tests {
     use super::Bucket;
 
+
     /// `turn.max_bps`: one second's worth at first, refilled with time, never above a second's
     /// worth; 0 means no cap.
     #[test]
@@ -257,5 +284,25 @@ mod tests {
         assert!(b.take(1_000, 1_100));
         assert!(!b.take(10_001, 60_000), "idle time does not bank more than one second");
         assert!(b.take(10_000, 60_000));
+    }
+
+    /// At any rate, starting at today's clock: no overflow, and the first second is a second.
+    #[test]
+    fn fast_buckets_from_a_real_clock() {
+        let now = 1_790_000_000_000u64;
+        for rate in [12_500_000u64, 125_000_000, u64::MAX / 2] {
+            let mut b = Bucket::new(rate);
+            assert!(b.take(1_000, now));
+            assert!(!b.take(rate as usize, now), "no more than one second's worth");
+            assert!(b.take((rate / 2) as usize, now + 500), "half a second refills half");
+            assert!(b.take(1, now + 10_000_000));
+        }
+    }
+
+    #[test]
+    fn a_panicking_thread_is_reported() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        super::supervised("t".into(), || panic!("boom"), move |name, msg| tx.send((name.to_owned(), msg.to_owned())).unwrap()).unwrap().join().unwrap();
+        assert_eq!(rx.recv().unwrap(), ("t".to_owned(), "boom".to_owned()));
     }
 }
