@@ -12,6 +12,9 @@
 #                                            five (3 voters + 2 learners), ratios to one node and
 #                                            to the floor's CPU;
 #                                            the 10-frame burst spread; joins through Raft.
+#   scripts/bench.sh limiter                 TURN login limiter: cost per new failing source from 0
+#                                            to 1 000 000 sources, beside the full-scan limiter it
+#                                            replaced.
 #   scripts/bench.sh turn                    coturn vs Switchboard with the same turnutils_uclient
 #                                            loads (stable, fixed 50 k/s, Send indications,
 #                                            saturating x5), then memory per idle allocation.
@@ -190,10 +193,16 @@ turn() {
   target/release/turnbench --switchboard target/release/switchboard --idle-allocations "${IDLE_ALLOCATIONS:-10000}"
 }
 
+limiter() {
+  cargo build --release -q -p cluster-tests --bin limiterbench
+  target/release/limiterbench
+}
+
 case "$what" in
   signaling) signaling "$@" ;;
   cluster) cluster "$@" ;;
   turn) turn "$@" ;;
   calls) calls "$@" ;;
-  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster | calls | turn" >&2; exit 2 ;;
+  limiter) limiter "$@" ;;
+  *) echo "usage: scripts/bench.sh signaling [ROOMS...] | cluster | calls | turn | limiter" >&2; exit 2 ;;
 esac

@@ -22,6 +22,7 @@ use self::ports::PortPool;
 use self::quotas::QuotaTable;
 use self::udp::{Shard, ShardCmd, ShardHandle};
 use crate::config::Config;
+use switchboard_proto::turn::auth::FailureLimiter;
 
 /// Everything the data planes share.
 pub struct Shared {
@@ -35,7 +36,8 @@ pub struct Shared {
     /// Where `Allocation` actors live.
     pub arbiter: ArbiterHandle,
     pub max_bps: u64,
-    pub auth_failures_per_minute: u32,
+    /// Failed logins per source address, one count across UDP, TCP and TLS.
+    pub limiter: FailureLimiter,
     pub socket_buffer: usize,
 }
 
@@ -210,7 +212,7 @@ impl TurnService {
             external_v6: t.external_ip6.parse().ok(),
             arbiter,
             max_bps: t.max_bps,
-            auth_failures_per_minute: t.auth_failures_per_minute,
+            limiter: FailureLimiter::new(t.auth_failures_per_minute, 60, 65_536, std::hash::RandomState::new()),
             socket_buffer: t.socket_buffer,
         });
         let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { t.threads };

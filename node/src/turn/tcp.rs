@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
 use anyhow::{Context, Result};
-use switchboard_proto::turn::auth::FailureLimiter;
 use switchboard_proto::turn::server::{AllocateRequest, ConnectRequest, Ctx, Handled};
 use switchboard_proto::turn::{channel_data, AllocationState, ClientTransport, RelayTransport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -185,7 +184,6 @@ struct Conn {
     label: &'static str,
     shared: Arc<Shared>,
     pending: Arc<PendingConnections>,
-    limiter: FailureLimiter,
     alloc: Option<ConnAlloc>,
     expire_tx: mpsc::UnboundedSender<()>,
     connect_tx: mpsc::UnboundedSender<(ConnectRequest, Result<TcpStream, ()>)>,
@@ -214,7 +212,6 @@ where
         local,
         transport,
         label: if transport == ClientTransport::Tls { "tls" } else { "tcp" },
-        limiter: FailureLimiter::new(shared.auth_failures_per_minute, 60, 4),
         shared,
         pending,
         alloc: None,
@@ -320,7 +317,7 @@ impl Conn {
     async fn frame(&mut self, frame: &[u8], now: u64) -> Next {
         let ctx = self.ctx(now);
         let shared = self.shared.clone();
-        let handled = shared.server.handle(self.alloc.as_mut().map(|a| &mut a.state), &*shared.quotas, &self.limiter, &ctx, frame);
+        let handled = shared.server.handle(self.alloc.as_mut().map(|a| &mut a.state), &*shared.quotas, &shared.limiter, &ctx, frame);
         match handled {
             Handled::Reply(r) => self.out.extend_from_slice(&r),
             Handled::ToPeer { peer, data } => {
@@ -349,7 +346,7 @@ impl Conn {
             }
             Handled::AuthFailed(r) => {
                 metrics::counter!("switchboard_turn_auth_failures_total", "transport" => self.label).increment(1);
-                self.limiter.failed(self.client.ip(), now / 1000);
+                self.shared.limiter.failed(self.client.ip(), now / 1000);
                 if let Some(r) = r {
                     self.out.extend_from_slice(&r);
                 }

@@ -17,7 +17,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
-use switchboard_proto::turn::auth::FailureLimiter;
 use switchboard_proto::turn::channel_data;
 use switchboard_proto::turn::server::{AllocateRequest, Ctx, Handled};
 use switchboard_proto::turn::{AllocationState, ClientTransport};
@@ -168,7 +167,6 @@ pub struct Shard {
     relays: Slab<Relay>,
     by_client: HashMap<(u8, SocketAddr), usize>,
     shared: Arc<Shared>,
-    limiter: FailureLimiter,
     rx: mpsc::Receiver<ShardCmd>,
     handle: ShardHandle,
     rx_bufs: Vec<Vec<u8>>,
@@ -215,7 +213,6 @@ impl Shard {
             poll.registry().register(&mut sock, Token(i), Interest::READABLE)?;
             listeners.push(Listener { local: sock.local_addr()?, sock, state, tx: TxQueue::default() });
         }
-        let limiter = FailureLimiter::new(shared.auth_failures_per_minute, 60, 65_536);
         let shard = Shard {
             id,
             poll,
@@ -223,7 +220,6 @@ impl Shard {
             relays: Slab::new(),
             by_client: HashMap::new(),
             shared,
-            limiter,
             rx,
             handle: handle.clone(),
             rx_bufs: (0..BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
@@ -361,7 +357,7 @@ impl Shard {
         }
         let ctx = Ctx { client: from, server: self.listeners[li].local, transport: ClientTransport::Udp, now_ms: now };
         let alloc = slot.and_then(|s| self.relays.get_mut(s)).map(|r| &mut r.state);
-        let handled = self.shared.server.handle(alloc, &*self.shared.quotas, &self.limiter, &ctx, data);
+        let handled = self.shared.server.handle(alloc, &*self.shared.quotas, &self.shared.limiter, &ctx, data);
         match handled {
             Handled::Reply(r) => self.listeners[li].tx.push(from, &r),
             Handled::ReplyFrom { from: local, bytes } => {
@@ -403,7 +399,7 @@ impl Shard {
             }
             Handled::AuthFailed(r) => {
                 self.stats.auth_failures += 1;
-                self.limiter.failed(from.ip(), now / 1000);
+                self.shared.limiter.failed(from.ip(), now / 1000);
                 if let Some(r) = r {
                     self.listeners[li].tx.push(from, &r);
                 }

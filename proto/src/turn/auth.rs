@@ -4,7 +4,9 @@
 //! is stored for a client before it authenticates), and a bounded limiter of failed attempts.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -148,56 +150,68 @@ impl Nonces {
 }
 
 /// Counts failed authentications per source address and refuses a source that failed too
-/// often within a window. Bounded: when full, the oldest windows are forgotten.
-#[derive(Debug)]
+/// often within a window. One limiter serves every transport (UDP shards, TCP and TLS
+/// connections), so reconnecting or switching transport starts no new count.
+///
+/// Constant cost per call whatever the number of sources: a fixed table indexed by a keyed hash
+/// of the address (striped locks, so threads rarely wait). A source that lands on a slot held by
+/// another takes it over: that can only forget the other's failures, never refuse an address
+/// that did not fail, and the keyed hash keeps attackers from choosing collisions.
 pub struct FailureLimiter {
     max_failures: u32,
     window_secs: u64,
-    capacity: usize,
-    sources: HashMap<IpAddr, (u64, u32)>,
+    hasher: RandomState,
+    stripes: Vec<Mutex<Vec<Slot>>>,
+    per_stripe: usize,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    ip: Option<IpAddr>,
+    start: u64,
+    failures: u32,
+}
+
+const STRIPES: usize = 64;
+
 impl FailureLimiter {
-    /// At most `max_failures` per `window_secs` per source, remembering `capacity` sources.
-    pub fn new(max_failures: u32, window_secs: u64, capacity: usize) -> Self {
-        FailureLimiter { max_failures, window_secs, capacity, sources: HashMap::new() }
+    /// At most `max_failures` per `window_secs` per source, with room for about `capacity`
+    /// sources; `hasher` keys the table (`RandomState::new()`).
+    pub fn new(max_failures: u32, window_secs: u64, capacity: usize, hasher: RandomState) -> Self {
+        let per_stripe = capacity.div_ceil(STRIPES).max(1);
+        let empty = Slot { ip: None, start: 0, failures: 0 };
+        let stripes = (0..STRIPES).map(|_| Mutex::new(vec![empty; per_stripe])).collect();
+        FailureLimiter { max_failures, window_secs, hasher, stripes, per_stripe }
+    }
+
+    fn slot<R>(&self, ip: IpAddr, f: impl FnOnce(&mut Slot) -> R) -> R {
+        let h = self.hasher.hash_one(ip) as usize;
+        let mut stripe = self.stripes[h % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
+        let i = (h / STRIPES) % self.per_stripe;
+        f(&mut stripe[i])
     }
 
     /// Whether `ip` may try to authenticate now.
     pub fn allowed(&self, ip: IpAddr, now_secs: u64) -> bool {
-        match self.sources.get(&ip) {
-            Some((start, n)) => now_secs >= start + self.window_secs || *n < self.max_failures,
-            None => true,
-        }
+        let (max, window) = (self.max_failures, self.window_secs);
+        self.slot(ip, |s| s.ip != Some(ip) || now_secs >= s.start + window || s.failures < max)
     }
 
     /// Records a failed attempt by `ip`.
-    pub fn failed(&mut self, ip: IpAddr, now_secs: u64) {
-        if !self.sources.contains_key(&ip) && self.sources.len() >= self.capacity {
-            let window = self.window_secs;
-            self.sources.retain(|_, (start, _)| now_secs < *start + window);
-            if self.sources.len() >= self.capacity {
-                // Still full of live windows: forget the oldest one.
-                if let Some(oldest) = self.sources.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
-                    self.sources.remove(&oldest);
-                }
+    pub fn failed(&self, ip: IpAddr, now_secs: u64) {
+        let window = self.window_secs;
+        self.slot(ip, |s| {
+            if s.ip != Some(ip) || now_secs >= s.start + window {
+                *s = Slot { ip: Some(ip), start: now_secs, failures: 0 };
             }
-        }
-        let e = self.sources.entry(ip).or_insert((now_secs, 0));
-        if now_secs >= e.0 + self.window_secs {
-            *e = (now_secs, 0);
-        }
-        e.1 = e.1.saturating_add(1);
+            s.failures = s.failures.saturating_add(1);
+        })
     }
+}
 
-    /// Sources currently remembered.
-    pub fn len(&self) -> usize {
-        self.sources.len()
-    }
-
-    /// Whether no source is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+impl std::fmt::Debug for FailureLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureLimiter").field("max_failures", &self.max_failures).field("window_secs", &self.window_secs).finish()
     }
 }
 
@@ -242,16 +256,23 @@ mod tests {
 
     #[test]
     fn limiter_counts_per_source_and_is_bounded() {
-        let mut l = FailureLimiter::new(3, 10, 2);
+        let l = FailureLimiter::new(3, 10, 2, RandomState::new());
         let a = ip("192.0.2.1");
         for _ in 0..3 {
             assert!(l.allowed(a, 100));
             l.failed(a, 100);
         }
         assert!(!l.allowed(a, 105));
+        assert!(l.allowed(ip("192.0.2.9"), 105), "another source is not refused");
         assert!(l.allowed(a, 110), "a new window");
-        l.failed(ip("192.0.2.2"), 101);
-        l.failed(ip("192.0.2.3"), 102);
-        assert!(l.len() <= 2, "bounded");
+        // However many sources fail, the table stays its size and no innocent one is refused.
+        let l = FailureLimiter::new(1, 60, 1024, RandomState::new());
+        for n in 0..100_000u32 {
+            l.failed(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)), 100);
+        }
+        assert_eq!(l.stripes.iter().map(|s| s.lock().unwrap().len()).sum::<usize>(), 1024);
+        assert!(l.allowed(ip("192.0.2.1"), 100));
+        let last = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 99_999));
+        assert!(!l.allowed(last, 100), "the latest failing source is remembered");
     }
 }

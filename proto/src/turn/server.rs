@@ -418,14 +418,17 @@ impl TurnServer {
             // client stops instead of guessing on.
             return Handled::AuthFailed(Some(self.error(msg, ErrorCode::UNAUTHORIZED, None)));
         }
-        if realm.realm() != self.cfg.realm {
-            return Handled::AuthFailed(Some(self.challenge(msg, ErrorCode::UNAUTHORIZED, ctx)));
-        }
+        // The nonce first: it was issued to this address, so only past it does a failure prove
+        // anything about the source. Before it, a spoofed packet could count failures against
+        // its victim's address and lock the victim out.
         match self.nonces.check(nonce.nonce(), ctx.client.ip(), ctx.now_secs()) {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => {
                 return Handled::Reply(self.challenge(msg, ErrorCode::STALE_NONCE, ctx));
             }
+        }
+        if realm.realm() != self.cfg.realm {
+            return Handled::AuthFailed(Some(self.challenge(msg, ErrorCode::UNAUTHORIZED, ctx)));
         }
         let user = username.username();
         let (algo, creds) = match self.users.verify(msg, user, &self.cfg.realm, ctx.now_secs()) {

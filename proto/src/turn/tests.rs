@@ -16,6 +16,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRE
 use turn_types::AddressFamily;
 
 use super::auth::FailureLimiter;
+use std::hash::RandomState;
 use super::server::{AllocateRequest, Ctx, Handled, QuotaReached, Quotas, TurnConfig, TurnServer};
 use super::{channel_data, AllocationState, ClientTransport};
 use crate::credentials::rest_password;
@@ -146,11 +147,12 @@ struct Client {
     pass: String,
     nonce: Option<String>,
     algo: IntegrityAlgorithm,
+    realm: String,
 }
 
 impl Client {
     fn new(user: &str, pass: &str) -> Self {
-        Client { user: user.into(), pass: pass.into(), nonce: None, algo: IntegrityAlgorithm::Sha1 }
+        Client { user: user.into(), pass: pass.into(), nonce: None, algo: IntegrityAlgorithm::Sha1, realm: "test.local".into() }
     }
 
     fn request(&self, method: stun_types::message::Method, add: impl FnOnce(&mut MessageWriteVec)) -> Vec<u8> {
@@ -158,9 +160,9 @@ impl Client {
         add(&mut b);
         if let Some(n) = &self.nonce {
             b.add_attribute(&Username::new(&self.user).unwrap()).unwrap();
-            b.add_attribute(&Realm::new("test.local").unwrap()).unwrap();
+            b.add_attribute(&Realm::new(&self.realm).unwrap()).unwrap();
             b.add_attribute(&Nonce::new(n).unwrap()).unwrap();
-            let creds = LongTermKeyCredentials::new(self.user.clone(), self.pass.clone(), "test.local".into());
+            let creds = LongTermKeyCredentials::new(self.user.clone(), self.pass.clone(), self.realm.clone());
             b.add_message_integrity(&creds.into(), self.algo).unwrap();
         }
         b.add_fingerprint().unwrap();
@@ -195,7 +197,7 @@ fn allocate_request(c: &Client) -> Vec<u8> {
 
 /// Runs the 401 handshake and an Allocate; returns the allocation.
 fn allocated(s: &TurnServer, c: &mut Client) -> AllocationState {
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let first = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(c)));
     assert_eq!(error_code(&first), Some(401));
     c.learn(&first);
@@ -220,7 +222,7 @@ fn allocated(s: &TurnServer, c: &mut Client) -> AllocationState {
 fn binding_needs_no_credentials() {
     let s = server(false);
     let req = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
-    let r = reply(s.handle(None, &Open, &FailureLimiter::new(1, 1, 1), &ctx(NOW), &req));
+    let r = reply(s.handle(None, &Open, &FailureLimiter::new(1, 1, 1, RandomState::new()), &ctx(NOW), &req));
     let m = Message::from_bytes(&r).expect("FINGERPRINT is valid");
     assert!(m.has_class(MessageClass::Success));
     assert_eq!(m.attribute::<XorMappedAddress>().unwrap().addr(m.transaction_id()), ctx(NOW).client);
@@ -239,7 +241,7 @@ fn allocate_with_rest_and_static_credentials() {
 #[test]
 fn bad_password_and_expired_rest_username_get_401() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     for (user, pass) in [("alice", "nope"), ("1799999999:bob", &rest_password(SECRET, "1799999999:bob")[..]), ("1800003600:bob", "wrong")] {
         let mut c = Client::new(user, pass);
         let first = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)));
@@ -256,7 +258,7 @@ fn bad_password_and_expired_rest_username_get_401() {
 #[test]
 fn stateless_nonce_438() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     c.learn(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c))));
     let later = reply(s.handle(None, &Open, &limiter, &ctx(NOW + 601_000), &allocate_request(&c)));
@@ -268,11 +270,33 @@ fn stateless_nonce_438() {
     assert_eq!(error_code(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)))), Some(438));
 }
 
+/// A spoofed source cannot fail on its victim's behalf: without the nonce issued to that
+/// address, a wrong realm (or anything else) is a 438 challenge, not a counted failure; with
+/// it, a wrong realm counts.
+#[test]
+fn failures_count_only_once_the_nonce_proves_the_source() {
+    let s = server(false);
+    let limiter = FailureLimiter::new(2, 60, 100, RandomState::new());
+    let mut spoofed = Client::new("alice", "nope");
+    spoofed.realm = "elsewhere".into();
+    spoofed.nonce = Some("0".repeat(32));
+    for _ in 0..10 {
+        let req = allocate_request(&spoofed);
+        let h = s.handle(None, &Open, &limiter, &ctx(NOW), &req);
+        assert!(matches!(h, Handled::Reply(_)), "{h:?}");
+        assert_eq!(error_code(&reply(h)), Some(438));
+    }
+    let mut real = Client::new("alice", "wonderland");
+    real.realm = "elsewhere".into();
+    real.learn(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&real))));
+    assert!(matches!(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&real)), Handled::AuthFailed(_)));
+}
+
 /// After too many failures a source gets a final 401 (no nonce to retry with).
 #[test]
 fn failed_sources_are_stopped() {
     let s = server(false);
-    let mut limiter = FailureLimiter::new(2, 60, 100);
+    let limiter = FailureLimiter::new(2, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "nope");
     c.learn(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c))));
     for _ in 0..2 {
@@ -289,7 +313,7 @@ fn failed_sources_are_stopped() {
 #[test]
 fn allocate_errors() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     let second = reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &allocate_request(&c)));
@@ -323,7 +347,7 @@ fn allocate_errors() {
 #[test]
 fn refresh_lifetimes_and_ownership() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     let long = c.request(REFRESH, |b| b.add_attribute(&Lifetime::new(100_000)).unwrap());
@@ -354,7 +378,7 @@ fn permission(c: &Client, peer: &str) -> Vec<u8> {
 #[test]
 fn create_permission_policy() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     for peer in ["127.0.0.1:9", "0.0.0.0:9", "10.0.0.1:9", "169.254.169.254:80"] {
@@ -380,7 +404,7 @@ fn create_permission_policy() {
 #[test]
 fn cluster_relays_are_peers() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     assert_eq!(error_code(&reply(s.handle(Some(&mut a), &Open, &limiter, &ctx(NOW), &permission(&c, "127.0.0.2:50000")))), Some(403));
@@ -394,7 +418,7 @@ fn cluster_relays_are_peers() {
 #[test]
 fn ipv6_relay_policy() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     a.relay = "[::1]:50000".parse().unwrap();
@@ -407,7 +431,7 @@ fn ipv6_relay_policy() {
 #[test]
 fn channels_and_indications() {
     let s = server(true);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut c = Client::new("alice", "wonderland");
     let mut a = allocated(&s, &mut c);
     let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
@@ -465,7 +489,7 @@ fn channels_and_indications() {
 #[test]
 fn malformed_and_unknown() {
     let s = server(false);
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut b = Message::builder_request(ALLOCATE, MessageWriteVec::new());
     b.add_attribute(&UnknownAttributes::new(&[])).unwrap(); // 0x000A is known; add a raw unknown below
     let mut bytes = b.finish();
@@ -508,7 +532,7 @@ fn mapped_attr(bytes: &[u8], t: u16) -> Option<SocketAddr> {
 /// CHANGE-REQUEST is answered from the other IP and/or port, never over TCP.
 #[test]
 fn nat_discovery_rfc5780() {
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let off = server(false);
     assert_eq!(error_code(&reply(off.handle(None, &Open, &limiter, &ctx(NOW), &binding_with_change(Some(0x06))))), Some(420));
     let plain = reply(off.handle(None, &Open, &limiter, &ctx(NOW), &binding_with_change(None)));
@@ -563,7 +587,7 @@ fn message_integrity_sha256() {
     c.algo = IntegrityAlgorithm::Sha256;
     let a = allocated(&s, &mut c);
     assert_eq!(a.username, "alice");
-    let limiter = FailureLimiter::new(10, 60, 100);
+    let limiter = FailureLimiter::new(10, 60, 100, RandomState::new());
     let mut again = Client::new("alice", "wonderland");
     again.algo = IntegrityAlgorithm::Sha256;
     let first = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&again)));
