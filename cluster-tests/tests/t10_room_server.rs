@@ -245,11 +245,15 @@ async fn t10_api_cross_origin() {
     let joined = http.post(&format!("/join/{r}"), "").await.unwrap();
     assert_eq!(joined.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"));
     let client = serde_json::from_str::<Value>(&joined.body).unwrap()["params"]["client_id"].as_str().unwrap().to_owned();
-    for path in [format!("/message/{r}/{client}"), "/v1alpha/iceconfig".to_string(), format!("/leave/{r}/{client}")] {
+    for path in [format!("/message/{r}/{client}"), format!("/leave/{r}/{client}")] {
         let reply = http.post(&path, "{\"type\":\"x\"}").await.unwrap();
         assert_eq!(reply.status, 200, "{path}");
         assert_eq!(reply.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"), "{path}");
     }
+    // TURN credentials are for this deployment's pages only: never `*` (t25 covers origins).
+    let ice = http.post("/v1alpha/iceconfig", "").await.unwrap();
+    assert_eq!(ice.status, 200);
+    assert!(ice.headers.get("access-control-allow-origin").is_none(), "no Origin, no grant");
     let pre = http.request("OPTIONS", &format!("/join/{r}"), "").await.unwrap();
     assert_eq!(pre.status, 204);
     assert!(pre.headers.get("access-control-allow-methods").unwrap().to_str().unwrap().contains("POST"));

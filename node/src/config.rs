@@ -129,6 +129,10 @@ pub struct IceSection {
     pub turn_secret: String,
     /// Lifetime of issued TURN credentials in seconds.
     pub turn_ttl_secs: u64,
+    /// Origins besides this deployment's own whose pages may fetch TURN credentials.
+    pub allowed_origins: Vec<String>,
+    /// Credentials minted per source IP per minute.
+    pub credentials_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -95,6 +95,14 @@ impl Membership {
         }
     }
 
+    /// Public URLs of every member (empty on a single node).
+    pub fn member_urls(&self) -> Vec<String> {
+        match &self.inner.backend {
+            Backend::Local { .. } => Vec::new(),
+            Backend::Cluster(c) => c.member_public_urls(),
+        }
+    }
+
     /// Public URLs of the live nodes, this one first (empty on a single node).
     pub fn live_nodes(&self) -> Vec<String> {
         match &self.inner.backend {

@@ -29,6 +29,8 @@ pub struct Node {
     /// The built-in TURN server, when it runs.
     pub turn: Option<std::sync::Arc<crate::turn::Shared>>,
     pub started: Instant,
+    /// TURN credentials minted per source address.
+    pub minted: switchboard_proto::limits::PerSource,
     draining: AtomicBool,
 }
 
@@ -47,6 +49,7 @@ impl Node {
             turn_urls,
             turn,
             sessions: Directory::new(config.http.max_sessions),
+            minted: switchboard_proto::limits::PerSource::new(config.ice.credentials_per_minute, 60, 65_536, std::hash::RandomState::new()),
             config,
             membership,
             registry,

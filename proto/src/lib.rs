@@ -12,6 +12,7 @@
 //!   a cluster and the in-place state of a single node.
 //! - [`credentials`]: TURN REST credentials (coturn `use-auth-secret`).
 //! - [`cluster`]: the replicated cluster state (rooms + node liveness) and the peer-link frames.
+//! - [`limits`]: per-source-address counters (O(1), bounded) for what anyone may repeat.
 //! - [`peer_security`]: the cluster link's mutual authentication (Noise `NNpsk0` over the
 //!   cluster secret) and the sealed record stream after it.
 //! - [`turn`]: STUN/TURN request logic, allocations, credentials, the peer address policy.
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod collider;
 pub mod credentials;
 pub mod ids;
+pub mod limits;
 pub mod peer_security;
 pub mod rooms;
 pub mod turn;

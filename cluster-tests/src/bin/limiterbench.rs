@@ -65,7 +65,7 @@ fn main() {
         let new = FailureLimiter::new(30, 60, CAPACITY, RandomState::new());
         let mut old = ScanningLimiter { max: 30, window: 60, capacity: CAPACITY, sources: HashMap::new() };
         for n in 0..filled as u32 {
-            new.failed(ip(n), 100);
+            new.record(ip(n), 100);
         }
         // The old one holds at most CAPACITY (beyond, each source cost a full scan): filling it
         // that far is the same state.
@@ -74,7 +74,7 @@ fn main() {
         }
         let new_ns = median_ns(7, |n| {
             if new.allowed(ip(n), 100) {
-                new.failed(ip(n), 100);
+                new.record(ip(n), 100);
             }
         });
         // The old one is slow once full: fewer runs.

@@ -63,6 +63,12 @@ impl Cluster {
         }
     }
 
+    /// Public URLs of every member, up or not: this deployment's own pages.
+    pub fn member_public_urls(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.nodes().map(|(_, n)| n.public_url.clone()).collect()
+    }
+
     /// Public URLs of the members that are up, this node first.
     pub fn live_public_urls(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod close;
+pub mod ice_access;
 pub mod ops;
 pub mod pages;
 pub mod room_api;
@@ -36,10 +37,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         // AppRTC's old name for leave, which Collider still posts to.
         .service(scope("/bye").service(api(web::resource("/{room}/{client}").route(web::post().to(room_api::leave)))))
         .service(api(web::resource("/params").route(web::get().to(room_api::params))))
-        .service(api(web::resource("/v1alpha/iceconfig")
+        // TURN credentials: only for this deployment's pages (see `ice_access`), so no `*`.
+        .service(web::resource("/v1alpha/iceconfig")
             .route(web::post().to(room_api::iceconfig))
-            .route(web::get().to(room_api::iceconfig))))
-        .service(api(web::resource("/turn").route(web::get().to(room_api::turn_rest))))
+            .route(web::get().to(room_api::iceconfig))
+            .route(web::method(Method::OPTIONS).to(ice_access::preflight)))
+        .service(web::resource("/turn")
+            .route(web::get().to(room_api::turn_rest))
+            .route(web::method(Method::OPTIONS).to(ice_access::preflight)))
         .service(web::resource("/a/").route(web::post().to(room_api::analytics)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))

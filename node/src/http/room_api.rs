@@ -13,7 +13,7 @@ use switchboard_proto::ids::validate_id;
 use switchboard_proto::rooms::{Command, JoinOutcome, MessageOutcome, Outcome, Route};
 use tracing::{debug, warn};
 
-use super::{read_body, request_info, BodyError};
+use super::{ice_access, read_body, request_info, BodyError};
 use crate::node::Node;
 use crate::rooms::now_ms;
 
@@ -173,7 +173,11 @@ fn expand(urls: &[String], host: &str) -> Vec<String> {
 
 /// `POST` (or `GET`) `/v1alpha/iceconfig`: `{"iceServers": [...]}`, every `urls` an array; TURN
 /// entries carry fresh REST credentials.
-pub async fn iceconfig(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
+pub async fn iceconfig(req: HttpRequest, q: web::Query<KeyQuery>, node: web::Data<Node>) -> HttpResponse {
+    let allow = match ice_access::check(&req, &node, q.key.as_deref()) {
+        Ok(a) => a,
+        Err(refused) => return refused.response(),
+    };
     let conn_host = req.connection_info().host().to_owned();
     let host = host_name(&conn_host);
     let ice = &node.config.ice;
@@ -194,13 +198,19 @@ pub async fn iceconfig(req: HttpRequest, node: web::Data<Node>) -> HttpResponse 
     if !ice.stun_urls.is_empty() {
         servers.push(json!({ "urls": expand(&ice.stun_urls, host) }));
     }
-    HttpResponse::Ok().json(json!({ "iceServers": servers }))
+    ice_access::respond(allow, HttpResponse::Ok().json(json!({ "iceServers": servers })))
+}
+
+#[derive(Deserialize)]
+pub struct KeyQuery {
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
 pub struct TurnQuery {
     service: Option<String>,
     username: Option<String>,
+    key: Option<String>,
 }
 
 /// `GET /turn?service=turn&username=U`: draft-uberti-behave-turn-rest-00.
@@ -208,6 +218,10 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
     if q.service.as_deref() != Some("turn") {
         return HttpResponse::BadRequest().json(json!({ "error": "service must be \"turn\"" }));
     }
+    let allow = match ice_access::check(&req, &node, q.key.as_deref()) {
+        Ok(a) => a,
+        Err(refused) => return refused.response(),
+    };
     let ice = &node.config.ice;
     let conn_host = req.connection_info().host().to_owned();
     let uris: Vec<String> = node.turn_uri_sets(host_name(&conn_host)).into_iter().flatten().collect();
@@ -219,12 +233,15 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         return HttpResponse::BadRequest().json(json!({ "error": "username must match [A-Za-z0-9_-]{1,64}" }));
     }
     let cred = credentials::issue(node.turn_secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
-    HttpResponse::Ok().json(json!({
-        "username": cred.username,
-        "password": cred.password,
-        "ttl": ice.turn_ttl_secs,
-        "uris": uris,
-    }))
+    ice_access::respond(
+        allow,
+        HttpResponse::Ok().json(json!({
+            "username": cred.username,
+            "password": cred.password,
+            "ttl": ice.turn_ttl_secs,
+            "uris": uris,
+        })),
+    )
 }
 
 #[cfg(test)]

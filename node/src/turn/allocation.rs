@@ -35,7 +35,7 @@ pub struct Gone;
 /// One per allocation.
 pub struct Allocation {
     id: AllocId,
-    username: String,
+    quota_key: String,
     client: SocketAddr,
     relay: SocketAddr,
     expires_ms: u64,
@@ -45,18 +45,18 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// The allocation `id` of `username`; the quota is already taken and is given back when
+    /// The allocation `id` counted against `quota_key`; the quota is already taken and is given back when
     /// the actor stops.
     pub fn new(
         id: AllocId,
-        username: String,
+        quota_key: String,
         client: SocketAddr,
         relay: SocketAddr,
         expires_ms: u64,
         expire: ExpireFn,
         quotas: Arc<QuotaTable>,
     ) -> Self {
-        Allocation { id, username, client, relay, expires_ms, expire, quotas, timer: None }
+        Allocation { id, quota_key, client, relay, expires_ms, expire, quotas, timer: None }
     }
 
     fn arm(&mut self, ctx: &mut Context<Self>) {
@@ -81,7 +81,7 @@ impl Actor for Allocation {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.quotas.release(&self.username);
+        self.quotas.release(&self.quota_key);
     }
 }
 

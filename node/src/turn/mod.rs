@@ -57,7 +57,7 @@ impl Shared {
             AddressFamily::IPV4 => self.relay_v4.into(),
             AddressFamily::IPV6 => self.relay_v6.ok_or(440u16)?.into(),
         };
-        if !self.quotas.acquire(&req.username) {
+        if !self.quotas.acquire(&req.quota_key) {
             return Err(486);
         }
         let bound = match (req.reservation, req.even_port) {
@@ -69,7 +69,7 @@ impl Shared {
         match bound {
             Some(b) => Ok(b),
             None => {
-                self.quotas.release(&req.username);
+                self.quotas.release(&req.quota_key);
                 metrics::counter!("switchboard_turn_dropped_total", "reason" => "no_relay_port").increment(1);
                 Err(508)
             }
@@ -84,11 +84,11 @@ impl Shared {
             AddressFamily::IPV4 => self.relay_v4.into(),
             AddressFamily::IPV6 => self.relay_v6.ok_or(440u16)?.into(),
         };
-        if !self.quotas.acquire(&req.username) {
+        if !self.quotas.acquire(&req.quota_key) {
             return Err(486);
         }
         self.ports.bind_tcp(ip).ok_or_else(|| {
-            self.quotas.release(&req.username);
+            self.quotas.release(&req.quota_key);
             508
         })
     }

@@ -346,7 +346,7 @@ impl Conn {
             }
             Handled::AuthFailed(r) => {
                 metrics::counter!("switchboard_turn_auth_failures_total", "transport" => self.label).increment(1);
-                self.shared.limiter.failed(self.client.ip(), now / 1000);
+                self.shared.limiter.record(self.client.ip(), now / 1000);
                 if let Some(r) = r {
                     self.out.extend_from_slice(&r);
                 }
@@ -454,7 +454,7 @@ impl Conn {
                 match (addr, UdpSocket::from_std(std_sock)) {
                     (Some(a), Ok(s)) => (Relay::Udp(s), a, token),
                     _ => {
-                        shared.quotas.release(&req.username);
+                        shared.quotas.release(&req.quota_key);
                         return shared.server.allocate_failed(req, 508);
                     }
                 }
@@ -463,7 +463,7 @@ impl Conn {
                 Ok((l, port)) => match (l.local_addr(), TcpListener::from_std(l)) {
                     (Ok(a), Ok(listener)) => (Relay::Tcp { listener, connected: HashSet::new(), _port: port }, a, None),
                     _ => {
-                        shared.quotas.release(&req.username);
+                        shared.quotas.release(&req.quota_key);
                         return shared.server.allocate_failed(req, 508);
                     }
                 },
@@ -475,7 +475,7 @@ impl Conn {
         let expire: super::allocation::ExpireFn = Arc::new(move |_| {
             let _ = tx.send(());
         });
-        let (user, client, expires, quotas) = (req.username.clone(), ctx.client, state.expires_ms, shared.quotas.clone());
+        let (user, client, expires, quotas) = (req.quota_key.clone(), ctx.client, state.expires_ms, shared.quotas.clone());
         let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| {
             Allocation::new(0, user, client, relay_addr, expires, expire, quotas)
         });

@@ -399,7 +399,7 @@ impl Shard {
             }
             Handled::AuthFailed(r) => {
                 self.stats.auth_failures += 1;
-                self.shared.limiter.failed(from.ip(), now / 1000);
+                self.shared.limiter.record(from.ip(), now / 1000);
                 if let Some(r) = r {
                     self.listeners[li].tx.push(from, &r);
                 }
@@ -416,7 +416,7 @@ impl Shard {
                 Ok(reply) => reply,
                 Err(e) => {
                     warn!(error = %e, "cannot set up a relay socket");
-                    shared.quotas.release(&req.username);
+                    shared.quotas.release(&req.quota_key);
                     shared.server.allocate_failed(&req, 508)
                 }
             },
@@ -439,7 +439,7 @@ impl Shard {
         let handle = self.handle.clone();
         let expire: super::allocation::ExpireFn = Arc::new(move |id| handle.send(ShardCmd::Expire(id)));
         let quotas = self.shared.quotas.clone();
-        let (user, client, expires) = (req.username.clone(), ctx.client, state.expires_ms);
+        let (user, client, expires) = (req.quota_key.clone(), ctx.client, state.expires_ms);
         let actor = Allocation::start_in_arbiter(&self.shared.arbiter, move |_| {
             Allocation::new(id, user, client, relay_addr, expires, expire, quotas)
         });

@@ -4,9 +4,7 @@
 //! is stored for a client before it authenticates), and a bounded limiter of failed attempts.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -47,6 +45,18 @@ impl UserDb {
             Ok(_) => Ok(self.rest_secrets.iter().map(|s| rest_password(s, username)).collect()),
             Err(RestError::Expired) => Err(UserError::Expired),
             Err(RestError::NoTimestamp) => Err(UserError::Unknown),
+        }
+    }
+
+    /// What an allocation by `username` from `client` counts against in `turn.user_quota`.
+    /// A static user is one account, so its name. REST usernames are minted per request (a new
+    /// expiry, often a random name), so counting by name would limit nothing: they count by
+    /// the client's address instead.
+    pub fn quota_key(&self, username: &str, client: IpAddr) -> String {
+        if self.static_users.contains_key(username) {
+            username.to_owned()
+        } else {
+            format!("rest@{client}")
         }
     }
 
@@ -149,71 +159,9 @@ impl Nonces {
     }
 }
 
-/// Counts failed authentications per source address and refuses a source that failed too
-/// often within a window. One limiter serves every transport (UDP shards, TCP and TLS
-/// connections), so reconnecting or switching transport starts no new count.
-///
-/// Constant cost per call whatever the number of sources: a fixed table indexed by a keyed hash
-/// of the address (striped locks, so threads rarely wait). A source that lands on a slot held by
-/// another takes it over: that can only forget the other's failures, never refuse an address
-/// that did not fail, and the keyed hash keeps attackers from choosing collisions.
-pub struct FailureLimiter {
-    max_failures: u32,
-    window_secs: u64,
-    hasher: RandomState,
-    stripes: Vec<Mutex<Vec<Slot>>>,
-    per_stripe: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    ip: Option<IpAddr>,
-    start: u64,
-    failures: u32,
-}
-
-const STRIPES: usize = 64;
-
-impl FailureLimiter {
-    /// At most `max_failures` per `window_secs` per source, with room for about `capacity`
-    /// sources; `hasher` keys the table (`RandomState::new()`).
-    pub fn new(max_failures: u32, window_secs: u64, capacity: usize, hasher: RandomState) -> Self {
-        let per_stripe = capacity.div_ceil(STRIPES).max(1);
-        let empty = Slot { ip: None, start: 0, failures: 0 };
-        let stripes = (0..STRIPES).map(|_| Mutex::new(vec![empty; per_stripe])).collect();
-        FailureLimiter { max_failures, window_secs, hasher, stripes, per_stripe }
-    }
-
-    fn slot<R>(&self, ip: IpAddr, f: impl FnOnce(&mut Slot) -> R) -> R {
-        let h = self.hasher.hash_one(ip) as usize;
-        let mut stripe = self.stripes[h % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
-        let i = (h / STRIPES) % self.per_stripe;
-        f(&mut stripe[i])
-    }
-
-    /// Whether `ip` may try to authenticate now.
-    pub fn allowed(&self, ip: IpAddr, now_secs: u64) -> bool {
-        let (max, window) = (self.max_failures, self.window_secs);
-        self.slot(ip, |s| s.ip != Some(ip) || now_secs >= s.start + window || s.failures < max)
-    }
-
-    /// Records a failed attempt by `ip`.
-    pub fn failed(&self, ip: IpAddr, now_secs: u64) {
-        let window = self.window_secs;
-        self.slot(ip, |s| {
-            if s.ip != Some(ip) || now_secs >= s.start + window {
-                *s = Slot { ip: Some(ip), start: now_secs, failures: 0 };
-            }
-            s.failures = s.failures.saturating_add(1);
-        })
-    }
-}
-
-impl std::fmt::Debug for FailureLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FailureLimiter").field("max_failures", &self.max_failures).field("window_secs", &self.window_secs).finish()
-    }
-}
+/// Failed logins per source address (see [`crate::limits::PerSource`]): one count across UDP,
+/// TCP and TLS, so reconnecting or switching transport starts no new count.
+pub type FailureLimiter = crate::limits::PerSource;
 
 #[cfg(test)]
 mod tests {
@@ -252,27 +200,5 @@ mod tests {
         assert_eq!(db.passwords("mallory", 1_000), Err(UserError::Unknown));
         let no_rest = UserDb::default();
         assert_eq!(no_rest.passwords("2000:bob", 1_000), Err(UserError::Unknown));
-    }
-
-    #[test]
-    fn limiter_counts_per_source_and_is_bounded() {
-        let l = FailureLimiter::new(3, 10, 2, RandomState::new());
-        let a = ip("192.0.2.1");
-        for _ in 0..3 {
-            assert!(l.allowed(a, 100));
-            l.failed(a, 100);
-        }
-        assert!(!l.allowed(a, 105));
-        assert!(l.allowed(ip("192.0.2.9"), 105), "another source is not refused");
-        assert!(l.allowed(a, 110), "a new window");
-        // However many sources fail, the table stays its size and no innocent one is refused.
-        let l = FailureLimiter::new(1, 60, 1024, RandomState::new());
-        for n in 0..100_000u32 {
-            l.failed(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)), 100);
-        }
-        assert_eq!(l.stripes.iter().map(|s| s.lock().unwrap().len()).sum::<usize>(), 1024);
-        assert!(l.allowed(ip("192.0.2.1"), 100));
-        let last = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 99_999));
-        assert!(!l.allowed(last, 100), "the latest failing source is remembered");
     }
 }

@@ -151,8 +151,11 @@ pub struct AllocateRequest {
     transaction: TransactionId,
     creds: LongTermKeyCredentials,
     algorithm: IntegrityAlgorithm,
-    /// The user whose quota it counts against.
+    /// The authenticated user.
     pub username: String,
+    /// Whose quota it counts against: a static user's name, or for TURN REST credentials (each
+    /// minted under a new name) the client's address — see [`super::auth::UserDb::quota_key`].
+    pub quota_key: String,
     /// IPv4 or IPv6 relay.
     pub family: AddressFamily,
     /// UDP or (RFC 6062) TCP relay.
@@ -519,7 +522,8 @@ impl TurnServer {
         if !offered || (reservation.is_some() && msg.has_attribute(RequestedAddressFamily::TYPE)) {
             return Handled::Reply(self.error(msg, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, auth));
         }
-        if quotas.may_allocate(user).is_err() {
+        let quota_key = self.users.quota_key(user, ctx.client.ip());
+        if quotas.may_allocate(&quota_key).is_err() {
             return Handled::Reply(self.error(msg, ErrorCode::ALLOCATION_QUOTA_REACHED, auth));
         }
         let lifetime = self.lifetime(msg.attribute::<Lifetime>().ok().map(|l| l.seconds()));
@@ -528,6 +532,7 @@ impl TurnServer {
             creds,
             algorithm: algo,
             username: user.to_owned(),
+            quota_key,
             family,
             relay_transport,
             lifetime,

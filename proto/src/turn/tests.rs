@@ -301,7 +301,7 @@ fn failed_sources_are_stopped() {
     c.learn(&reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c))));
     for _ in 0..2 {
         assert!(matches!(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)), Handled::AuthFailed(Some(_))));
-        limiter.failed(ctx(NOW).client.ip(), NOW / 1000);
+        limiter.record(ctx(NOW).client.ip(), NOW / 1000);
     }
     let last = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)));
     assert_eq!(error_code(&last), Some(401));
