@@ -76,6 +76,7 @@ impl Cluster {
             ] {
                 spec.sets.push(s);
             }
+            spec.sets.extend(crate::process::LIFTED_RATE_LIMITS.map(String::from));
             spec.sets.extend(opts.sets.iter().cloned());
             nodes.push(spec);
         }

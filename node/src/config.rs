@@ -82,6 +82,10 @@ pub struct HttpSection {
     pub max_message_bytes: usize,
     /// Frames a session may have waiting for a slow socket before it is closed.
     pub session_send_queue: usize,
+    /// Room-server joins per source IP per second (429 beyond).
+    pub joins_per_second_per_ip: u32,
+    /// `/message` posts per source IP per second (429 beyond).
+    pub messages_per_second_per_ip: u32,
     /// Seconds the node waits for connections to finish on shutdown.
     pub shutdown_timeout_secs: u64,
 }
@@ -95,8 +99,12 @@ pub struct RoomsSection {
     pub queue_cap: usize,
     /// Messages a lone member may store for the next joiner.
     pub stored_cap: usize,
-    /// Most rooms at once.
+    /// Most rooms at once (in a cluster, in the replicated state: cluster-wide).
     pub max_rooms: usize,
+    /// Bytes a lone member may store for the next joiner.
+    pub stored_bytes_per_room: usize,
+    /// Bytes stored in all rooms together (every node of a cluster holds them all).
+    pub stored_bytes_total: usize,
     /// Seconds a room without a connected socket lives after its last activity (AppRTC: 86 400).
     pub room_ttl_secs: u64,
 }
@@ -413,6 +421,8 @@ impl Config {
             register_grace_ms: self.rooms.register_grace_ms,
             room_ttl_ms: self.rooms.room_ttl_secs.saturating_mul(1000),
             max_rooms: self.rooms.max_rooms,
+            stored_bytes_per_room: self.rooms.stored_bytes_per_room,
+            stored_bytes_total: self.rooms.stored_bytes_total,
         }
     }
 

@@ -29,8 +29,10 @@ pub struct Node {
     /// The built-in TURN server, when it runs.
     pub turn: Option<std::sync::Arc<crate::turn::Shared>>,
     pub started: Instant,
-    /// TURN credentials minted per source address.
+    /// TURN credentials minted, joins and `/message` posts, per source address.
     pub minted: switchboard_proto::limits::PerSource,
+    pub joins: switchboard_proto::limits::PerSource,
+    pub messages: switchboard_proto::limits::PerSource,
     draining: AtomicBool,
 }
 
@@ -50,6 +52,8 @@ impl Node {
             turn,
             sessions: Directory::new(config.http.max_sessions),
             minted: switchboard_proto::limits::PerSource::new(config.ice.credentials_per_minute, 60, 65_536, std::hash::RandomState::new()),
+            joins: switchboard_proto::limits::PerSource::new(config.http.joins_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),
+            messages: switchboard_proto::limits::PerSource::new(config.http.messages_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),
             config,
             membership,
             registry,

@@ -112,8 +112,12 @@ pub struct Limits {
     pub register_grace_ms: u64,
     /// How long a room with no bound socket lives without activity (24 h upstream).
     pub room_ttl_ms: u64,
-    /// Most rooms held at once.
+    /// Most rooms held at once (in a cluster: in the replicated state, so cluster-wide).
     pub max_rooms: usize,
+    /// Bytes of messages a lone member may store for the next joiner.
+    pub stored_bytes_per_room: usize,
+    /// Bytes of stored messages in all rooms together: every node holds them all.
+    pub stored_bytes_total: usize,
 }
 
 impl Default for Limits {
@@ -124,6 +128,8 @@ impl Default for Limits {
             register_grace_ms: 10_000,
             room_ttl_ms: 86_400_000,
             max_rooms: 100_000,
+            stored_bytes_per_room: 256 * 1024,
+            stored_bytes_total: 128 * 1024 * 1024,
         }
     }
 }
@@ -257,6 +263,11 @@ pub enum MessageOutcome {
     StoreFull,
     /// Collider refused the message (AppRTC answers HTTP 500).
     SendFailed(SendError),
+    /// Storing it would pass a byte budget.
+    StoreOverBudget {
+        /// The budget of all rooms together (else the room's own).
+        total: bool,
+    },
 }
 
 /// What happened to a Collider message.
@@ -387,6 +398,11 @@ struct Room {
 }
 
 impl Room {
+    /// Bytes of the messages its members stored.
+    fn stored_bytes(&self) -> usize {
+        self.members.iter().flat_map(|m| &m.stored).map(String::len).sum()
+    }
+
     fn new(now_ms: u64) -> Self {
         Room { members: Vec::new(), clients: Vec::new(), touched_ms: now_ms, delivered_at: 0 }
     }
@@ -419,6 +435,9 @@ pub struct Rooms {
     /// Index of every deadline in `rooms`, so that a tick does not scan all rooms.
     #[serde(skip)]
     timers: BTreeSet<Timer>,
+    /// Bytes of stored messages in all rooms (derived, like `timers`).
+    #[serde(skip)]
+    stored_total: usize,
 }
 
 impl PartialEq for Rooms {
@@ -430,7 +449,7 @@ impl PartialEq for Rooms {
 impl Rooms {
     /// An empty state machine.
     pub fn new(limits: Limits) -> Self {
-        Rooms { limits, rooms: BTreeMap::new(), timers: BTreeSet::new() }
+        Rooms { limits, rooms: BTreeMap::new(), timers: BTreeSet::new(), stored_total: 0 }
     }
 
     /// The limits in force.
@@ -441,6 +460,7 @@ impl Rooms {
     /// Rebuilds derived indexes after deserialising a snapshot.
     pub fn rebuild_index(&mut self) {
         self.timers.clear();
+        self.stored_total = self.rooms.values().map(Room::stored_bytes).sum();
         for (name, room) in &self.rooms {
             if !room.has_bound_client() {
                 self.timers
@@ -663,6 +683,7 @@ impl Rooms {
     fn drop_if_empty(&mut self, room: &str) {
         if self.rooms.get(room).is_some_and(Room::is_empty) {
             if let Some(r) = self.rooms.remove(room) {
+                self.stored_total -= r.stored_bytes();
                 self.timers
                     .remove(&(r.touched_ms + self.limits.room_ttl_ms, room.to_owned(), None));
             }
@@ -717,6 +738,7 @@ impl Rooms {
                         continue;
                     }
                     if let Some(r) = self.rooms.remove(&room) {
+                        self.stored_total -= r.stored_bytes();
                         for c in &r.clients {
                             if let Some(d) = c.deadline_ms {
                                 self.timers.remove(&(d, room.clone(), Some(c.id.clone())));
@@ -755,6 +777,7 @@ impl Rooms {
             Some(other) => {
                 let messages = std::mem::take(&mut other.stored);
                 r.members.push(Member { id: client, initiator: false, stored: Vec::new() });
+                self.stored_total -= messages.iter().map(String::len).sum::<usize>();
                 JoinOutcome::Joined { initiator: false, messages }
             }
         }
@@ -763,10 +786,12 @@ impl Rooms {
     fn leave(&mut self, room: &str, client: &str, now_ms: u64) -> bool {
         let Some(r) = self.rooms.get_mut(room) else { return false };
         let before = r.members.len();
+        let bytes_before = r.stored_bytes();
         r.members.retain(|m| m.id != client);
         let was_member = r.members.len() != before;
         if was_member {
             r.members.retain(|m| m.id != LOOPBACK_CLIENT_ID);
+            self.stored_total -= bytes_before - r.stored_bytes();
             if let Some(m) = r.members.first_mut() {
                 m.initiator = true;
             }
@@ -784,7 +809,8 @@ impl Rooms {
         now_ms: u64,
         effects: &mut Vec<Effect>,
     ) -> MessageOutcome {
-        let stored_cap = self.limits.stored_cap;
+        let (stored_cap, per_room, total) = (self.limits.stored_cap, self.limits.stored_bytes_per_room, self.limits.stored_bytes_total);
+        let stored_total = self.stored_total;
         let Some(r) = self.rooms.get_mut(&room) else { return MessageOutcome::UnknownRoom };
         if r.members.is_empty() {
             return MessageOutcome::UnknownRoom;
@@ -797,6 +823,14 @@ impl Rooms {
             if m.stored.len() >= stored_cap {
                 return MessageOutcome::StoreFull;
             }
+            let mine: usize = m.stored.iter().map(String::len).sum();
+            if mine + body.len() > per_room {
+                return MessageOutcome::StoreOverBudget { total: false };
+            }
+            if stored_total + body.len() > total {
+                return MessageOutcome::StoreOverBudget { total: true };
+            }
+            self.stored_total += body.len();
             m.stored.push(body);
             self.refresh(&room, now_ms);
             return MessageOutcome::Stored;

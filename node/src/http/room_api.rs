@@ -42,6 +42,9 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     if node.is_draining() {
         return HttpResponse::Ok().json(JoinResponse::failed(ResultCode::Error));
     }
+    if let Some(refused) = over_rate(&req, &node.joins, "joins") {
+        return refused;
+    }
     let info = request_info(&req);
     let client = generate_client_id();
     let cmd = Command::Join { room: room.clone(), client: client.clone(), loopback: info.loopback(), now_ms: now_ms() };
@@ -69,12 +72,33 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     HttpResponse::Ok().json(response)
 }
 
+/// Counts a request against its source address; the 429 to answer once it is over.
+fn over_rate(req: &HttpRequest, limit: &switchboard_proto::limits::PerSource, what: &'static str) -> Option<HttpResponse> {
+    let ip = req.peer_addr()?.ip();
+    let now = now_ms() / 1000;
+    if !limit.allowed(ip, now) {
+        metrics::counter!("switchboard_errors_total", "kind" => "rate_limited", "what" => what).increment(1);
+        debug!(%ip, what, "over the per-address rate");
+        return Some(
+            HttpResponse::TooManyRequests()
+                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+                .json(ResultOnly { result: ResultCode::Error }),
+        );
+    }
+    limit.record(ip, now);
+    None
+}
+
 /// `POST /message/{room}/{client}`: the raw body is the message, never parsed.
 pub async fn message(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
     node: web::Data<Node>,
 ) -> HttpResponse {
+    if let Some(refused) = over_rate(&req, &node.messages, "messages") {
+        return refused;
+    }
     let (room, client) = path.into_inner();
     if let Err(e) = validate_id(&room) {
         return bad_id("room", e);
@@ -113,6 +137,12 @@ pub async fn message(
             MessageOutcome::UnknownClient => result(ResultCode::UnknownClient),
             MessageOutcome::StoreFull => {
                 warn!(%room, %client, "message store full");
+                result(ResultCode::Error)
+            }
+            MessageOutcome::StoreOverBudget { total } => {
+                let which = if total { "all rooms' stored messages (rooms.stored_bytes_total)" } else { "this room's stored messages (rooms.stored_bytes_per_room)" };
+                warn!(%room, %client, budget = which, "message refused: byte budget reached");
+                metrics::counter!("switchboard_errors_total", "kind" => if total { "stored_bytes_total" } else { "stored_bytes_room" }).increment(1);
                 result(ResultCode::Error)
             }
             // AppRTC: Collider refused the forwarded message → HTTP 500 with an empty body.

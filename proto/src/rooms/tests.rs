@@ -115,6 +115,51 @@ fn message_store_is_bounded() {
     assert_eq!(message(&mut r, "R", "1", "c").outcome, Outcome::Message(MessageOutcome::StoreFull));
 }
 
+/// Stored messages have byte budgets per room and in total: every node holds them all.
+#[test]
+fn stored_bytes_are_budgeted_per_room_and_in_total() {
+    let over = |total| Outcome::Message(MessageOutcome::StoreOverBudget { total });
+    let mut r = Rooms::new(Limits { stored_bytes_per_room: 10, stored_bytes_total: 25, ..Limits::default() });
+    join(&mut r, "A", "1");
+    assert_eq!(message(&mut r, "A", "1", "123456").outcome, Outcome::Message(MessageOutcome::Stored));
+    assert_eq!(message(&mut r, "A", "1", "12345").outcome, over(false), "6 + 5 > 10 for the room");
+    assert_eq!(message(&mut r, "A", "1", "1234").outcome, Outcome::Message(MessageOutcome::Stored));
+    join(&mut r, "B", "1");
+    join(&mut r, "C", "1");
+    assert_eq!(message(&mut r, "B", "1", "1234567890").outcome, Outcome::Message(MessageOutcome::Stored));
+    assert_eq!(message(&mut r, "C", "1", "123456").outcome, over(true), "10 + 10 + 6 > 25 in all");
+    // Handed to the next joiner, the bytes are free again.
+    join(&mut r, "A", "2");
+    assert_eq!(message(&mut r, "C", "1", "123456").outcome, Outcome::Message(MessageOutcome::Stored));
+    assert_eq!(r.stored_total, 16);
+}
+
+/// The total is derived state: whatever happens to the rooms, it equals what they hold, and a
+/// snapshot restores it.
+#[test]
+fn stored_total_follows_every_change() {
+    let mut r = Rooms::new(Limits { room_ttl_ms: 1_000, ..Limits::default() });
+    let sum = |r: &Rooms| r.rooms.values().map(Room::stored_bytes).sum::<usize>();
+    for i in 0..50u32 {
+        let room = format!("R{}", i % 7);
+        let client = format!("{}", i % 3);
+        match i % 5 {
+            0 | 1 => drop(join(&mut r, &room, &client)),
+            2 | 3 => drop(message(&mut r, &room, &client, &"x".repeat(i as usize))),
+            _ => drop(r.apply(Command::Leave { room, client, now_ms: T0 })),
+        }
+        assert_eq!(r.stored_total, sum(&r), "after step {i}");
+    }
+    let bytes = postcard::to_allocvec(&r).unwrap();
+    let mut back: Rooms = postcard::from_bytes(&bytes).unwrap();
+    back.rebuild_index();
+    assert_eq!(back.stored_total, r.stored_total);
+    // Rooms expiring take their bytes with them.
+    r.apply(Command::Tick { now_ms: T0 + 10_000 });
+    assert_eq!(r.room_count(), 0);
+    assert_eq!(r.stored_total, 0);
+}
+
 /// §7 row 10: with two members, `/message` reaches the registered peer's socket.
 #[test]
 fn message_with_two_members_reaches_the_peer_socket() {
