@@ -326,3 +326,49 @@ async fn t21_bandwidth_cap_at_100_mbit() {
     // The shard that did it still answers.
     assert_eq!(TurnClient::udp(n.turn, "", "").await.unwrap().binding().await.unwrap().code, 0);
 }
+
+/// A TURN/TCP client that stops reading while its peer keeps sending: the node's writes to it
+/// stall, and within the write deadline the connection ends and its allocation with it, so the
+/// user's quota slot (and the relay port) come back — while the client still holds the socket.
+#[tokio::test]
+async fn t21_tcp_client_that_stops_reading_loses_its_allocation() {
+    let n = node(&["turn.user_quota=1", "turn.allow_peers=[\"127.0.0.0/8\"]"]).await;
+    let peer = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let mut c = TurnClient::tcp(n.turn, "alice", "wonderland").await.unwrap();
+    let a = c.allocate().await.unwrap();
+    assert_eq!(a.code, 0);
+    let relay = a.relayed().unwrap();
+    assert_eq!(c.permit(peer.local_addr().unwrap()).await.unwrap().code, 0);
+    let mut other = TurnClient::udp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(other.allocate().await.unwrap().code, 486, "the quota of one is held");
+
+    // The peer sends for as long as the test runs; the client never reads again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, s) = (peer.clone(), stop.clone());
+    let flood = tokio::spawn(async move {
+        let data = [9u8; 1200];
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..64 {
+                let _ = p.send_to(&data, relay).await;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut code = 486;
+    while start.elapsed() < Duration::from_secs(20) {
+        code = other.allocate().await.unwrap().code;
+        if code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.await;
+    println!("quota back after {:?}", start.elapsed());
+    assert_eq!(code, 0, "the stalled client's allocation never ended");
+    assert!(start.elapsed() < Duration::from_secs(12), "took {:?} (write deadline 5 s)", start.elapsed());
+    let m = reqwest::get(format!("{}/metrics", n.n.base())).await.unwrap().text().await.unwrap();
+    assert!(m.contains("switchboard_errors_total{kind=\"turn_write_deadline\"} 1"), "the stall is counted");
+    drop(c);
+}

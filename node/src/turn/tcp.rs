@@ -30,6 +30,12 @@ const MAX_CONNECTIONS: usize = 10_000;
 const IDLE: Duration = Duration::from_secs(30);
 /// Largest frame: a STUN message or ChannelData with a 16-bit length.
 const MAX_FRAME: usize = 20 + 65_535 + 3;
+/// How long a client or peer may take to accept bytes written to it.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// An RFC 6062 data connection with no bytes either way for this long is closed.
+const PIPE_IDLE: Duration = Duration::from_secs(300);
+/// Peer connections (RFC 6062 Connect) one allocation may have open or opening.
+const MAX_PEER_CONNECTIONS: usize = 64;
 /// RFC 6062: a peer connection waits this long for the client's ConnectionBind, and a Connect
 /// for the peer to answer.
 const BIND_WAIT: Duration = Duration::from_secs(30);
@@ -155,6 +161,14 @@ struct ConnAlloc {
     bucket: Bucket,
 }
 
+impl Drop for ConnAlloc {
+    /// However the connection ends (closed, an error, a stalled write), its allocation ends
+    /// with it, giving back the quota slot and the relay port.
+    fn drop(&mut self) {
+        self.actor.do_send(Gone);
+    }
+}
+
 /// Length of the frame at the start of `buf`, `Some(Err)` if it cannot be TURN.
 fn frame_len(buf: &[u8]) -> Option<Result<usize, ()>> {
     if buf.len() < 4 {
@@ -248,7 +262,7 @@ where
                 }
                 inbuf.drain(..start);
                 if !c.out.is_empty() {
-                    wr.write_all(&c.out).await?;
+                    write_by_deadline(&mut wr, &c.out).await?;
                     c.out.clear();
                 }
                 if let Some(peer) = pipe {
@@ -267,21 +281,19 @@ where
                     Inbound::Peer(stream, peer) => c.peer_connection(stream, peer),
                 }
                 if !c.out.is_empty() {
-                    wr.write_all(&c.out).await?;
+                    write_by_deadline(&mut wr, &c.out).await?;
                     c.out.clear();
                 }
             }
             Some((req, result)) = connect_rx.recv() => {
                 c.connected(req, result);
                 if !c.out.is_empty() {
-                    wr.write_all(&c.out).await?;
+                    write_by_deadline(&mut wr, &c.out).await?;
                     c.out.clear();
                 }
             }
             _ = expire_rx.recv() => {
-                if let Some(a) = c.alloc.take() {
-                    a.actor.do_send(Gone);
-                }
+                c.alloc = None;
             }
             _ = idle, if c.alloc.is_none() => {
                 debug!(%client, "idle TURN connection closed");
@@ -289,19 +301,65 @@ where
             }
         }
     };
-    if let Some(a) = c.alloc.take() {
-        a.actor.do_send(Gone);
-    }
+    // Ends the allocation (see `ConnAlloc`'s drop) before a data connection takes over.
+    c.alloc = None;
     if let Some(mut peer) = piped {
         // RFC 6062 data connection: from here on, raw bytes both ways.
-        let mut stream = rd.unsplit(wr);
+        let stream = rd.unsplit(wr);
         if !inbuf.is_empty() {
             peer.write_all(&inbuf).await?;
         }
-        let (up, down) = tokio::io::copy_bidirectional(&mut stream, &mut peer).await?;
+        let (up, down) = pipe(stream, peer).await?;
         debug!(%client, up, down, "TCP relay connection closed");
     }
     Ok(())
+}
+
+/// Writes to a client or peer, which must take the bytes within [`WRITE_DEADLINE`]: one that
+/// stops reading would otherwise block its connection's task, and with it the expiry of its
+/// allocation, forever.
+async fn write_by_deadline<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<()> {
+    match tokio::time::timeout(WRITE_DEADLINE, w.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            metrics::counter!("switchboard_errors_total", "kind" => "turn_write_deadline").increment(1);
+            anyhow::bail!("the other side stopped reading ({} s write deadline)", WRITE_DEADLINE.as_secs())
+        }
+    }
+}
+
+/// An RFC 6062 data connection: bytes both ways until either side closes, nothing moves for
+/// [`PIPE_IDLE`], or a side stops reading. Returns the bytes carried up and down.
+async fn pipe<A, B>(a: A, b: B) -> Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let (mut abuf, mut bbuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut up, mut down) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            n = ar.read(&mut abuf) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok((up, down));
+                }
+                write_by_deadline(&mut bw, &abuf[..n]).await?;
+                up += n as u64;
+            }
+            n = br.read(&mut bbuf) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok((up, down));
+                }
+                write_by_deadline(&mut aw, &bbuf[..n]).await?;
+                down += n as u64;
+            }
+            _ = tokio::time::sleep(PIPE_IDLE) => anyhow::bail!("TCP relay connection idle for {} s", PIPE_IDLE.as_secs()),
+        }
+    }
 }
 
 enum Inbound {
@@ -339,9 +397,7 @@ impl Conn {
                 self.out.extend_from_slice(&r);
             }
             Handled::Delete(r) => {
-                if let Some(a) = self.alloc.take() {
-                    a.actor.do_send(Gone);
-                }
+                self.alloc = None;
                 self.out.extend_from_slice(&r);
             }
             Handled::AuthFailed(r) => {
@@ -402,6 +458,11 @@ impl Conn {
             self.out.extend_from_slice(&self.shared.server.connect_reply(&req, Err(400)));
             return;
         };
+        if connected.len() >= MAX_PEER_CONNECTIONS {
+            // Each Connect holds a task and a socket until it completes: a bounded number.
+            self.out.extend_from_slice(&self.shared.server.connect_reply(&req, Err(508)));
+            return;
+        }
         if !connected.insert(req.peer) {
             self.out.extend_from_slice(&self.shared.server.connect_reply(&req, Err(446)));
             return;
