@@ -111,6 +111,7 @@ impl Cluster {
             id,
             cfg.secret.as_bytes().to_vec(),
             incarnation,
+            cfg.listen.parse::<SocketAddr>().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
             Duration::from_millis(cfg.node_down_after_ms),
             Arbiter::current(),
             reclaims,

@@ -40,11 +40,12 @@ impl PeerLinks {
         me: NodeId,
         secret: Vec<u8>,
         incarnation: u64,
+        bind_ip: Option<std::net::IpAddr>,
         down_after: Duration,
         arbiter: ArbiterHandle,
         reclaims: ReclaimSink,
     ) -> Self {
-        let ctx = LinkContext { me, secret, incarnation, down_after, health: HealthTable::default(), reclaims };
+        let ctx = LinkContext { me, secret, incarnation, bind_ip, down_after, health: HealthTable::default(), reclaims };
         PeerLinks { inner: Arc::new(Inner { ctx, arbiter, links: Mutex::new(HashMap::new()), heard: Mutex::new(HashMap::new()) }) }
     }
 

@@ -93,6 +93,9 @@ pub struct LinkContext {
     pub secret: Vec<u8>,
     /// This node's life.
     pub incarnation: u64,
+    /// The address links dial from (`cluster.listen`'s, unless it is a wildcard), so that
+    /// peers see each node at the address they know it by.
+    pub bind_ip: Option<std::net::IpAddr>,
     /// A peer silent this long is dialled again.
     pub down_after: Duration,
     /// Every link's health.
@@ -222,9 +225,10 @@ impl PeerLink {
         let addr = self.info.raft_addr.clone();
         let hello = Frame::Hello { from: self.ctx.me, incarnation: self.ctx.incarnation };
         let secret = self.ctx.secret.clone();
+        let bind_ip = self.ctx.bind_ip;
         let me = ctx.address();
         actix::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await {
+            let stream = match tokio::time::timeout(Duration::from_secs(1), dial_from(bind_ip, &addr)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return me.do_send(Disconnected { gen, why: e.to_string() }),
                 Err(_) => return me.do_send(Disconnected { gen, why: "connect timed out".into() }),
@@ -282,6 +286,18 @@ impl PeerLink {
             }
         });
     }
+}
+
+/// Connects to `addr`, from `bind_ip` when given.
+async fn dial_from(bind_ip: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind_ip else { return TcpStream::connect(addr).await };
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == ip.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr} has no address of {ip}'s family")))?;
+    let sock = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.bind(std::net::SocketAddr::new(ip, 0))?;
+    sock.connect(target).await
 }
 
 impl Actor for PeerLink {
