@@ -390,3 +390,23 @@ async fn t11_last_message_before_close_survives_delete() {
     }
     assert!(lost.is_empty(), "{} of 200 last messages lost: {:?}", lost.len(), &lost[..lost.len().min(5)]);
 }
+
+/// A socket that never registers is closed with 1008 once `http.register_timeout_secs` pass
+/// (it would hold a session slot forever, since it answers pings); a registered one stays.
+#[tokio::test]
+async fn t11_unregistered_socket_is_closed_after_its_deadline() {
+    let n = NodeProcess::start(NodeSpec::single().set("http.register_timeout_secs=1")).await.unwrap();
+    let mut idle = WsClient::connect(&n.ws_url()).await.unwrap();
+    let r = fresh_room("deadline");
+    let mut talker = registered(&n, &r, "a").await;
+    let start = std::time::Instant::now();
+    match idle.recv(Duration::from_secs(5)).await {
+        Some(cluster_tests::WsEvent::Close(code)) => assert_eq!(code, Some(1008)),
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(3), "closed after {:?}", start.elapsed());
+    // The registered socket is still served.
+    let mut b = registered(&n, &r, "b").await;
+    talker.send_msg("still here").await.unwrap();
+    assert_eq!(b.expect_msg(WAIT).await.unwrap(), "still here");
+}

@@ -82,6 +82,8 @@ pub struct HttpSection {
     pub max_message_bytes: usize,
     /// Frames a session may have waiting for a slow socket before it is closed.
     pub session_send_queue: usize,
+    /// Seconds a WebSocket may stay open without registering (then closed with 1008).
+    pub register_timeout_secs: u64,
     /// Room-server joins per source IP per second (429 beyond).
     pub joins_per_second_per_ip: u32,
     /// `/message` posts per source IP per second (429 beyond).

@@ -298,6 +298,16 @@ impl Actor for SignalingSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.node.config.http.session_send_queue);
+        // A socket that never registers holds a session slot for nothing (answering pings
+        // keeps the heartbeat happy): it gets a deadline.
+        let within = Duration::from_secs(self.node.config.http.register_timeout_secs);
+        ctx.run_later(within, move |act, ctx| {
+            if act.registered.is_none() && !act.registering {
+                info!(session = %act.id, "socket closed: no register within {} s", within.as_secs());
+                metrics::counter!("switchboard_errors_total", "kind" => "register_timeout").increment(1);
+                act.close_with(CloseCode::Policy, "register first", ctx);
+            }
+        });
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_seen.elapsed() > CLIENT_TIMEOUT {
                 info!(session = %act.id, "client timed out");
