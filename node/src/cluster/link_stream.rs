@@ -13,8 +13,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// The whole handshake, from connect to the peer's first sealed frame.
+/// The whole handshake on the accepting side, from accept to the peer's first sealed frame.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
+/// The dialling side's wait for the answer: shorter, so that a handshake whose packets were
+/// lost (a partition that just healed) is dialled again rather than waited out.
+const DIAL_DEADLINE: Duration = Duration::from_secs(1);
 /// A write that makes no progress for this long means the peer stopped reading.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Plaintext frames coalesced into one sealed write.
@@ -58,7 +61,7 @@ async fn read_record(rd: &mut OwnedReadHalf, records: &mut RecordReader, deadlin
 /// Dialling side: proves the secret, checks the acceptor holds it too, and sends `hello` (an
 /// encoded frame) in a record of its own, small enough for the acceptor's pre-auth limit.
 pub async fn dial(stream: TcpStream, secret: &[u8], hello: &[u8]) -> anyhow::Result<(SecureReader, OwnedWriteHalf, Sealer)> {
-    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let deadline = Instant::now() + DIAL_DEADLINE;
     tune(&stream);
     let (mut rd, mut wr) = stream.into_split();
     let (dialler, first) = Dialler::start(secret, entropy())?;

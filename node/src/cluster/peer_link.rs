@@ -23,7 +23,7 @@ use super::types::PeerInfo;
 pub const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// First and longest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// Forwarded messages kept until acknowledged; beyond this the oldest are dropped (and counted).
 pub const FORWARD_BUFFER: usize = 16_384;
 /// Frames waiting for the socket writer.
