@@ -52,6 +52,21 @@ impl PerSource {
         self.slot(ip, |s| s.ip != Some(ip) || now_secs >= s.start + window || s.events < max)
     }
 
+    /// Counts one event from `ip` if it is still under its limit: `false` (and nothing
+    /// counted) when it is over. One lookup, so two threads cannot both take the last slot.
+    pub fn admit(&self, ip: IpAddr, now_secs: u64) -> bool {
+        let (max, window) = (self.max_events, self.window_secs);
+        self.slot(ip, |s| {
+            if s.ip != Some(ip) || now_secs >= s.start + window {
+                *s = Slot { ip: Some(ip), start: now_secs, events: 0 };
+            } else if s.events >= max {
+                return false;
+            }
+            s.events = s.events.saturating_add(1);
+            true
+        })
+    }
+
     /// Records one event from `ip`.
     pub fn record(&self, ip: IpAddr, now_secs: u64) {
         let window = self.window_secs;
@@ -89,6 +104,12 @@ mod tests {
         assert!(!l.allowed(a, 105));
         assert!(l.allowed(ip("192.0.2.9"), 105), "another source is not refused");
         assert!(l.allowed(a, 110), "a new window");
+        // Checking and counting at once: the limit is what it is, and a refusal counts nothing.
+        let l = PerSource::new(2, 10, 64, RandomState::new());
+        assert!(l.admit(a, 100) && l.admit(a, 100));
+        assert!(!l.admit(a, 100) && !l.admit(a, 105));
+        assert!(l.admit(ip("192.0.2.9"), 105), "another source is not refused");
+        assert!(l.admit(a, 110), "a new window");
         // However many sources fail, the table stays its size and no innocent one is refused.
         let l = PerSource::new(1, 60, 1024, RandomState::new());
         for n in 0..100_000u32 {

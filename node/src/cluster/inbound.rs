@@ -134,10 +134,8 @@ pub async fn serve(listener: TcpListener, ctx: InboundContext) {
             let link = match opened {
                 Ok(link) => link,
                 Err(e) => {
-                    if link_stream::is_auth_failure(&e) {
-                        warn!(%peer, error = %format!("{e:#}"), "peer refused: it does not hold the cluster secret (or replayed or altered its bytes)");
-                        metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
-                    } else {
+                    let what = "peer refused: it does not hold the cluster secret (or replayed or altered its bytes)";
+                    if !link_stream::report_auth_failure(&e, &peer, what) {
                         debug!(%peer, error = %format!("{e:#}"), "peer handshake failed");
                     }
                     return;
@@ -149,10 +147,8 @@ pub async fn serve(listener: TcpListener, ctx: InboundContext) {
             };
             let from = link.from;
             if let Err(e) = connection(link, peer, ctx).await {
-                if link_stream::is_auth_failure(&e) {
-                    warn!(%peer, from, error = %format!("{e:#}"), "peer link closed: a frame was not sealed by it (injected, altered or replayed)");
-                    metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
-                } else {
+                let what = format!("peer link from node {from} closed: a frame was not sealed by it (injected, altered or replayed)");
+                if !link_stream::report_auth_failure(&e, &peer, &what) {
                     debug!(%peer, error = %format!("{e:#}"), "peer connection ended");
                 }
             }

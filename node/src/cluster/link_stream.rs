@@ -19,12 +19,12 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
 /// lost (a partition that just healed) is dialled again rather than waited out.
 const DIAL_DEADLINE: Duration = Duration::from_secs(1);
 /// A write that makes no progress for this long means the peer stopped reading.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Plaintext frames coalesced into one sealed write.
 const COALESCE: usize = 256 * 1024;
 
 /// No delay for small frames; keepalive so a peer that vanished without a FIN is noticed.
-pub fn tune(stream: &TcpStream) {
+fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
@@ -35,8 +35,20 @@ pub fn tune(stream: &TcpStream) {
 
 /// Whether a failed handshake or read means the peer does not hold the secret (or forged,
 /// replayed or altered bytes), as opposed to a network failure.
-pub fn is_auth_failure(e: &anyhow::Error) -> bool {
+fn is_auth_failure(e: &anyhow::Error) -> bool {
     e.chain().any(|c| matches!(c.downcast_ref::<SecurityError>(), Some(SecurityError::Unauthentic)))
+}
+
+/// If `e` is an authentication failure, logs it as a warning saying `what` happened, counts it
+/// in `switchboard_errors_total{kind="peer_auth"}` and returns `true`; network failures are
+/// left to the caller.
+pub fn report_auth_failure(e: &anyhow::Error, peer: &dyn std::fmt::Display, what: &str) -> bool {
+    if !is_auth_failure(e) {
+        return false;
+    }
+    tracing::warn!(%peer, error = %format!("{e:#}"), "{what}");
+    metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
+    true
 }
 
 fn entropy() -> [u8; 32] {

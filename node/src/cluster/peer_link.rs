@@ -237,10 +237,7 @@ impl PeerLink {
             let (mut reader, wr, sealer) = match link_stream::dial(stream, &secret, &hello).await {
                 Ok(parts) => parts,
                 Err(e) => {
-                    if link_stream::is_auth_failure(&e) {
-                        warn!(%addr, error = %format!("{e:#}"), "peer link refused: the listener failed authentication");
-                        metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
-                    }
+                    link_stream::report_auth_failure(&e, &addr, "peer link refused: the listener failed authentication");
                     return me.do_send(Disconnected { gen, why: format!("{e:#}") });
                 }
             };
@@ -256,10 +253,7 @@ impl PeerLink {
                     Ok(Some(frame)) => me.do_send(Incoming { gen, frame }),
                     Ok(None) => return me.do_send(Disconnected { gen, why: "closed by peer".into() }),
                     Err(e) => {
-                        if link_stream::is_auth_failure(&e) {
-                            warn!(%addr, error = %format!("{e:#}"), "peer link closed: a frame was not sealed by the peer");
-                            metrics::counter!("switchboard_errors_total", "kind" => "peer_auth").increment(1);
-                        }
+                        link_stream::report_auth_failure(&e, &addr, "peer link closed: a frame was not sealed by the peer");
                         return me.do_send(Disconnected { gen, why: format!("{e:#}") });
                     }
                 }

@@ -82,13 +82,9 @@ pub fn check(req: &HttpRequest, node: &Node, key: Option<&str>) -> Result<Option
         metrics::counter!("switchboard_errors_total", "kind" => "ice_key").increment(1);
         return Err(Refused::Key);
     }
-    if let Some(peer) = req.peer_addr() {
-        let now = now_ms() / 1000;
-        if !node.minted.allowed(peer.ip(), now) {
-            metrics::counter!("switchboard_errors_total", "kind" => "ice_rate").increment(1);
-            return Err(Refused::Rate);
-        }
-        node.minted.record(peer.ip(), now);
+    if req.peer_addr().is_some_and(|peer| !node.minted.admit(peer.ip(), now_ms() / 1000)) {
+        metrics::counter!("switchboard_errors_total", "kind" => "ice_rate").increment(1);
+        return Err(Refused::Rate);
     }
     Ok(origin.and_then(|o| HeaderValue::from_str(o).ok()))
 }

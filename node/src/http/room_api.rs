@@ -75,18 +75,16 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
 /// Counts a request against its source address; the 429 to answer once it is over.
 fn over_rate(req: &HttpRequest, limit: &switchboard_proto::limits::PerSource, what: &'static str) -> Option<HttpResponse> {
     let ip = req.peer_addr()?.ip();
-    let now = now_ms() / 1000;
-    if !limit.allowed(ip, now) {
-        metrics::counter!("switchboard_errors_total", "kind" => "rate_limited", "what" => what).increment(1);
-        debug!(%ip, what, "over the per-address rate");
-        return Some(
-            HttpResponse::TooManyRequests()
-                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
-                .json(ResultOnly { result: ResultCode::Error }),
-        );
+    if limit.admit(ip, now_ms() / 1000) {
+        return None;
     }
-    limit.record(ip, now);
-    None
+    metrics::counter!("switchboard_errors_total", "kind" => "rate_limited", "what" => what).increment(1);
+    debug!(%ip, what, "over the per-address rate");
+    Some(
+        HttpResponse::TooManyRequests()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(ResultOnly { result: ResultCode::Error }),
+    )
 }
 
 /// `POST /message/{room}/{client}`: the raw body is the message, never parsed.
