@@ -166,6 +166,7 @@ impl Chaos {
             }
         }
         let healed = Instant::now();
+        print_healed(&fault);
         let recovery = wait_live(&self.cluster, fault.node(), Duration::from_secs(10)).await.ok();
         self.log.push(Injected { fault, started, healed, recovery });
         Ok(())
@@ -320,4 +321,11 @@ pub async fn check_state(cluster: &Cluster, prefix: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Says when a fault was healed in wall-clock time, to line the schedule up with the nodes' logs
+/// (`SWITCHBOARD_TEST_DUMP_LOGS=1` prints them).
+fn print_healed(fault: &Fault) {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    eprintln!("healed {fault:?} at unix time {}.{:03}", t.as_secs(), t.subsec_millis());
 }

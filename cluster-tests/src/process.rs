@@ -254,7 +254,7 @@ fn signal(pid: u32, name: &str) {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("SWITCHBOARD_TEST_DUMP_LOGS").is_some() {
             eprintln!("---- log of node {} ----\n{}", self.spec.http, self.log());
         }
     }

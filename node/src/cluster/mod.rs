@@ -17,6 +17,7 @@
 //! `state_machine`/`log_store` (Raft storage), `status`, `members`, `handover`, `load`.
 
 pub mod clock;
+mod election_gate;
 pub mod handover;
 pub mod inbound;
 pub mod leader;
@@ -183,6 +184,7 @@ impl Cluster {
         cluster.clone().serve_reclaims(reclaimed);
         cluster.clone().announce_up(registry.clone(), true);
         cluster.clone().leader_duties();
+        cluster.clone().gate_elections();
         Ok(cluster)
     }
 }

@@ -113,6 +113,8 @@ pub struct LinkHealth {
     pub since: Instant,
     /// Round-trip time of the last ping.
     pub rtt: Option<Duration>,
+    /// When the peer last answered a ping or welcomed this node.
+    pub heard: Instant,
 }
 
 #[derive(Message)]
@@ -192,7 +194,11 @@ impl PeerLink {
 
     fn set_health(&self, up: bool, rtt: Option<Duration>) {
         let mut h = self.ctx.health.write().unwrap_or_else(|p| p.into_inner());
-        let e = h.entry(self.peer).or_insert(LinkHealth { up, since: Instant::now(), rtt });
+        let now = Instant::now();
+        let e = h.entry(self.peer).or_insert(LinkHealth { up, since: now, rtt, heard: now });
+        if up {
+            e.heard = now;
+        }
         if e.up != up {
             e.up = up;
             e.since = Instant::now();
@@ -228,10 +234,9 @@ impl PeerLink {
         let bind_ip = self.ctx.bind_ip;
         let me = ctx.address();
         actix::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(1), dial_from(bind_ip, &addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return me.do_send(Disconnected { gen, why: e.to_string() }),
-                Err(_) => return me.do_send(Disconnected { gen, why: "connect timed out".into() }),
+            let stream = match dial_staggered(bind_ip, &addr).await {
+                Ok(s) => s,
+                Err(e) => return me.do_send(Disconnected { gen, why: e.to_string() }),
             };
             let Ok(hello) = cluster::encode(&hello) else { return };
             let (mut reader, wr, sealer) = match link_stream::dial(stream, &secret, &hello).await {
@@ -279,6 +284,30 @@ impl PeerLink {
                 act.connect(ctx);
             }
         });
+    }
+}
+
+/// How long one round of connection attempts may take.
+const DIAL_WINDOW: Duration = Duration::from_secs(1);
+/// A fresh attempt starts this often within the round while the earlier ones hang.
+const DIAL_STAGGER: Duration = Duration::from_millis(200);
+
+/// Connects to `addr`, starting a fresh attempt every [`DIAL_STAGGER`] while the earlier ones
+/// are unanswered: a SYN dropped by a partition is retransmitted by the kernel only after a
+/// second, so without the overlap a healed link would wait that long to come back. A refusal
+/// ends the round at once (the peer's host answered; backing off is what helps then).
+async fn dial_staggered(bind_ip: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut attempts = FuturesUnordered::new();
+    let deadline = tokio::time::sleep(DIAL_WINDOW);
+    tokio::pin!(deadline);
+    let mut stagger = tokio::time::interval(DIAL_STAGGER);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            _ = stagger.tick() => attempts.push(dial_from(bind_ip, addr)),
+            Some(r) = attempts.next() => return r,
+        }
     }
 }
 
