@@ -71,8 +71,12 @@ pub struct NodeSpec {
 /// Per-address rate limits lifted: every test client and load generator connects from the
 /// same loopback address, which in production would be thousands of people. The tests of
 /// those limits set their own values (a later `--set` wins).
-pub const LIFTED_RATE_LIMITS: [&str; 3] =
-    ["http.joins_per_second_per_ip=1000000000", "http.messages_per_second_per_ip=1000000000", "ice.credentials_per_minute=1000000000"];
+pub const LIFTED_RATE_LIMITS: [&str; 4] = [
+    "http.joins_per_second_per_ip=1000000000",
+    "http.messages_per_second_per_ip=1000000000",
+    "ice.credentials_per_minute=1000000000",
+    "http.connections_per_ip=1000000",
+];
 
 impl NodeSpec {
     /// A node on a free port of 127.0.0.1, its TURN server on another (tests run side by side).

@@ -222,3 +222,63 @@ async fn t13_tls_certificate_reload() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `ops.listen`: metrics and the admin API on a listener of their own, and gone from the public
+/// one (a clear 404); health on both.
+#[tokio::test]
+async fn t13_ops_listener() {
+    let ops_port = free_port(&[std::net::Ipv4Addr::LOCALHOST]);
+    let n = NodeProcess::start(
+        NodeSpec::single().set(&format!("ops.listen=\"127.0.0.1:{ops_port}\"")).set("cluster.admin_token=\"ops-token\""),
+    )
+    .await
+    .unwrap();
+    let ops_base = format!("http://127.0.0.1:{ops_port}");
+    let (public, ops) = (Http::new(&n.base()), Http::new(&ops_base));
+    let m = ops.get("/metrics").await.unwrap();
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("switchboard_sessions"), "{}", m.body);
+    let m = public.get("/metrics").await.unwrap();
+    assert_eq!(m.status, 404);
+    assert!(m.body.contains("ops.listen"), "{}", m.body);
+    let client = reqwest::Client::new();
+    let rooms = |base: String| {
+        let client = client.clone();
+        async move { client.get(format!("{base}/admin/rooms")).bearer_auth("ops-token").send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(rooms(ops_base.clone()).await, 200);
+    assert_eq!(rooms(n.base()).await, 404);
+    for h in [&public, &ops] {
+        assert_eq!(h.get("/healthz").await.unwrap().status, 200);
+        assert_eq!(h.get("/readyz").await.unwrap().status, 200);
+    }
+    // The public listener still does its job.
+    let r = fresh_room("ops");
+    public.join_ok(&r).await.unwrap();
+}
+
+/// `--print-config`: the effective configuration as TOML a node accepts back, secrets redacted.
+#[test]
+fn t13_print_config_is_toml_without_secrets() {
+    let out = Command::new(binary())
+        .args([
+            "--print-config",
+            "--set", "ice.turn_secret=\"very-secret-turn\"",
+            "--set", "cluster.admin_token=\"very-secret-admin\"",
+            "--set", "rooms.queue_cap=99",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(!printed.contains("very-secret"), "{printed}");
+    assert!(printed.contains("queue_cap = 99"), "{printed}");
+    assert!(printed.contains("turn_secret = \"<redacted>\""), "{printed}");
+    // What it printed is a configuration file the node loads.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("printed.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let again = Command::new(binary()).arg("--config").arg(&file).arg("--print-config").output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), printed);
+}

@@ -48,7 +48,22 @@ pub struct Config {
     pub ice: IceSection,
     pub turn: TurnSection,
     pub cluster: ClusterSection,
+    pub ops: OpsSection,
     pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSection {
+    /// Listener of its own for `/metrics` and `/admin/...`; empty serves them on `http.listen`.
+    pub listen: String,
+}
+
+impl OpsSection {
+    /// The ops listener's address, when it has one of its own.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,12 +99,23 @@ pub struct HttpSection {
     pub session_send_queue: usize,
     /// Seconds a WebSocket may stay open without registering (then closed with 1008).
     pub register_timeout_secs: u64,
+    /// Seconds a request body may take to arrive (then 408).
+    pub body_timeout_secs: u64,
+    /// Most simultaneous connections (WebSocket sessions included) from one source address.
+    pub connections_per_ip: u32,
     /// Room-server joins per source IP per second (429 beyond).
     pub joins_per_second_per_ip: u32,
     /// `/message` posts per source IP per second (429 beyond).
     pub messages_per_second_per_ip: u32,
     /// Seconds the node waits for connections to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+}
+
+impl HttpSection {
+    /// How long a request body may take.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.body_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +306,24 @@ impl Config {
     }
 
     fn load_from(cli: &Cli, env: &[(String, String)]) -> Result<Config> {
+        let table = Self::merged(cli, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        // RFC 5780 answers from all four address/port pairs, so all four are listeners.
+        if let Some(nd) = config.turn.nat_discovery() {
+            for a in nd.addresses() {
+                if !config.turn.listen.contains(&a) {
+                    config.turn.listen.push(a);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Defaults, then the file, the environment and the flags, merged (not yet checked).
+    fn merged(cli: &Cli, env: &[(String, String)]) -> Result<toml::Table> {
         let mut table: toml::Table =
             EMBEDDED_DEFAULTS.parse().context("embedded defaults are not valid TOML")?;
         if let Some(path) = &cli.config {
@@ -310,19 +354,22 @@ impl Config {
             let path: Vec<String> = k.split('.').map(str::to_owned).collect();
             set_path(&mut table, &path, v).with_context(|| format!("--set {kv}"))?;
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
-        config.validate()?;
-        // RFC 5780 answers from all four address/port pairs, so all four are listeners.
-        if let Some(nd) = config.turn.nat_discovery() {
-            for a in nd.addresses() {
-                if !config.turn.listen.contains(&a) {
-                    config.turn.listen.push(a);
-                }
-            }
-        }
-        Ok(config)
+        Ok(table)
+    }
+
+    /// The configuration `--print-config` shows: every setting as TOML, as loaded from the
+    /// defaults, file, environment and flags, with secrets replaced by `<redacted>` (an empty one
+    /// stays empty, so it shows what is unset). Fails as loading would.
+    pub fn printable(cli: &Cli) -> Result<String> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::printable_from(cli, &env)
+    }
+
+    fn printable_from(cli: &Cli, env: &[(String, String)]) -> Result<String> {
+        Self::load_from(cli, env)?;
+        let mut table = Self::merged(cli, env)?;
+        redact(&mut table);
+        toml::to_string_pretty(&table).context("cannot print the configuration as TOML")
     }
 
     fn validate(&self) -> Result<()> {
@@ -340,6 +387,15 @@ impl Config {
         }
         if self.http.session_send_queue == 0 || self.http.max_sessions == 0 {
             bail!("http.session_send_queue and http.max_sessions must be positive");
+        }
+        if !self.ops.listen.is_empty() {
+            let ops: SocketAddr = self.ops.listen.parse().with_context(|| format!("ops.listen {:?}", self.ops.listen))?;
+            if ops == self.http.listen {
+                bail!("ops.listen must differ from http.listen (leave it empty to serve both on one listener)");
+            }
+        }
+        if self.http.body_timeout_secs == 0 || self.http.connections_per_ip == 0 {
+            bail!("http.body_timeout_secs and http.connections_per_ip must be positive");
         }
         if self.rooms.queue_cap == 0 || self.rooms.max_rooms == 0 {
             bail!("rooms.queue_cap and rooms.max_rooms must be positive");
@@ -469,12 +525,73 @@ fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<()> {
     Ok(())
 }
 
+/// Settings that are secrets, as `section.key`.
+const SECRETS: [(&str, &str); 5] = [
+    ("apprtc", "ice_server_api_key"),
+    ("ice", "turn_secret"),
+    ("turn", "extra_secrets"),
+    ("cluster", "secret"),
+    ("cluster", "admin_token"),
+];
+
+const REDACTED: &str = "<redacted>";
+
+/// Replaces every secret of `table` (and the passwords of `turn.users`) with [`REDACTED`].
+fn redact(table: &mut toml::Table) {
+    fn hide(v: &mut toml::Value) {
+        match v {
+            toml::Value::String(s) if !s.is_empty() => *s = REDACTED.into(),
+            toml::Value::Array(a) => a.iter_mut().for_each(hide),
+            _ => {}
+        }
+    }
+    for (section, key) in SECRETS {
+        if let Some(v) = table.get_mut(section).and_then(|s| s.get_mut(key)) {
+            hide(v);
+        }
+    }
+    if let Some(toml::Value::Array(users)) = table.get_mut("turn").and_then(|t| t.get_mut("users")) {
+        for u in users {
+            if let toml::Value::String(s) = u {
+                let name = s.split_once(':').map_or("", |(n, _)| n).to_owned();
+                *s = format!("{name}:{REDACTED}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once("switchboard").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn printed_config_is_toml_without_secrets() {
+        let args = [
+            "--set", "cluster.secret=cluster-secret-0123456789",
+            "--set", "cluster.admin_token=admin-token-xyz",
+            "--set", "ice.turn_secret=turn-secret-abc",
+            "--set", "apprtc.ice_server_api_key=api-key-def",
+            "--set", "turn.extra_secrets=[\"old-secret-1\", \"old-secret-2\"]",
+            "--set", "turn.users=[\"alice:alice-password\"]",
+            "--set", "rooms.queue_cap=77",
+        ];
+        let printed = Config::printable_from(&cli(&args), &[]).unwrap();
+        for secret in ["cluster-secret-0123456789", "admin-token-xyz", "turn-secret-abc", "api-key-def", "old-secret", "alice-password"] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        let table: toml::Table = printed.parse().expect("the printed configuration is TOML");
+        assert_eq!(table["rooms"]["queue_cap"].as_integer(), Some(77));
+        assert_eq!(table["cluster"]["secret"].as_str(), Some(REDACTED));
+        assert_eq!(table["turn"]["users"][0].as_str(), Some("alice:<redacted>"));
+        assert_eq!(table["turn"]["extra_secrets"].as_array().map(|a| a.len()), Some(2));
+        // An unset secret stays visibly unset.
+        let printed = Config::printable_from(&cli(&[]), &[]).unwrap();
+        let table: toml::Table = printed.parse().unwrap();
+        assert_eq!(table["ice"]["turn_secret"].as_str(), Some(""));
     }
 
     #[test]

@@ -54,7 +54,13 @@ fn main() {
         }
     };
     if cli.print_config {
-        println!("{config:#?}");
+        match Config::printable(&cli) {
+            Ok(toml) => print!("{toml}"),
+            Err(e) => {
+                eprintln!("switchboard: {e:#}");
+                std::process::exit(2);
+            }
+        }
         return;
     }
     init_tracing(&config);
@@ -144,13 +150,16 @@ async fn run(config: Config) -> Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
 
+    // One count per source address across every HTTP listener.
+    let per_ip = http::per_ip::ConnectionsPerIp::new(config.http.connections_per_ip);
     let main_node = node.clone();
-    let mut server = HttpServer::new(move || App::new().app_data(main_node.clone()).configure(http::routes))
+    let ops_on_main = config.ops.listen_addr().is_none();
+    let mut server = HttpServer::new(move || App::new().app_data(main_node.clone()).configure(|c| http::routes(c, ops_on_main)))
         .disable_signals()
         .shutdown_timeout(config.http.shutdown_timeout_secs)
         .max_connections(config.http.max_connections)
         .client_request_timeout(Duration::from_secs(10))
-        .on_connect(http::close::remember_socket);
+        .on_connect(http::on_connect(per_ip.clone()));
     if config.http.workers > 0 {
         server = server.workers(config.http.workers);
     }
@@ -173,7 +182,7 @@ async fn run(config: Config) -> Result<()> {
             .shutdown_timeout(config.http.shutdown_timeout_secs)
             .max_connections(config.http.max_connections)
             .client_request_timeout(Duration::from_secs(10))
-            .on_connect(http::close::remember_socket);
+            .on_connect(http::on_connect(per_ip.clone()));
         if config.http.workers > 0 {
             sig = sig.workers(config.http.workers);
         }
@@ -187,6 +196,26 @@ async fn run(config: Config) -> Result<()> {
         info!("Collider-style signaling listener on {scheme}://{addr}");
         handles.push(sig.handle());
         servers.push(sig);
+    }
+
+    if let Some(addr) = config.ops.listen_addr() {
+        let ops_node = node.clone();
+        let ops = HttpServer::new(move || App::new().app_data(ops_node.clone()).configure(http::ops_listener_routes))
+            .disable_signals()
+            .shutdown_timeout(config.http.shutdown_timeout_secs)
+            .workers(1)
+            .client_request_timeout(Duration::from_secs(10))
+            .on_connect(http::on_connect(per_ip.clone()));
+        let socket = http::listener(addr).with_context(|| format!("cannot listen on {addr} (ops.listen)"))?;
+        let ops = match &tls {
+            Some(t) => ops.listen_rustls_0_23(socket, t.clone()),
+            None => ops.listen(socket),
+        }
+        .with_context(|| format!("cannot listen on {addr} (ops.listen)"))?
+        .run();
+        info!("metrics and admin API on {scheme}://{addr}");
+        handles.push(ops.handle());
+        servers.push(ops);
     }
 
     info!(node = config.node.id, "Switchboard listening on {scheme}://{listen}");

@@ -73,12 +73,20 @@ pub enum Role {
 /// must be running with an empty data directory); it catches up as a learner, then votes,
 /// unless `role` is `learner`: then it serves clients, signaling and TURN like any node without
 /// counting for commits (promote it later with `POST /admin/cluster/nodes/{id}/promote`).
-pub async fn add_node(req: HttpRequest, body: web::Json<AddNode>, node: web::Data<Node>) -> HttpResponse {
+pub async fn add_node(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> HttpResponse {
     if let Err(r) = authorised(&req, &node) {
         return r;
     }
+    // Read only once authorised, and by the deadline of every body.
+    let body = match crate::http::read_body(payload, 64 * 1024, node.config.http.body_timeout()).await {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::build(e.status()).json(json!({"error": format!("request body: {e}")})),
+    };
+    let b: AddNode = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::BadRequest().json(json!({"error": format!("request body: {e}")})),
+    };
     let Some(c) = node.membership.as_cluster() else { return not_clustered() };
-    let b = body.into_inner();
     info!(id = b.id, raft = %b.raft_addr, "adding a node");
     let voter = b.role == Role::Voter;
     match c.add_node(b.id, PeerInfo { raft_addr: b.raft_addr, public_url: b.public_url }, voter).await {

@@ -6,6 +6,7 @@ pub mod close;
 pub mod ice_access;
 pub mod ops;
 pub mod pages;
+pub mod per_ip;
 pub mod room_api;
 pub mod tls;
 
@@ -18,8 +19,8 @@ use switchboard_proto::apprtc::RequestInfo;
 
 use crate::signaling;
 
-/// Routes of the main listener.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Routes of the main listener; `ops_here`: metrics and the admin API too (no `ops.listen`).
+pub fn routes(cfg: &mut web::ServiceConfig, ops_here: bool) {
     // Paths with a parameter sit in a scope of their static prefix: the router then tries one
     // pattern match per request instead of every parameterised pattern in turn (the matching
     // showed up as ~5 % of a call's CPU). A scope's own default is Collider's handler, so a path
@@ -47,17 +48,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::method(Method::OPTIONS).to(ice_access::preflight)))
         .service(web::resource("/a/").route(web::post().to(room_api::analytics)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(
-            scope("/admin")
-                .service(web::resource("/cluster/status").route(web::get().to(admin::status)))
-                .service(web::resource("/rooms").route(web::get().to(admin::rooms)))
-                .service(web::resource("/cluster/nodes").route(web::post().to(admin::add_node)))
-                .service(web::resource("/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)))
-                .service(web::resource("/cluster/nodes/{id}/promote").route(web::post().to(admin::promote_node))),
-        );
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
+    if ops_here {
+        ops_routes(cfg);
+    } else {
+        cfg.service(web::resource("/metrics").to(ops::elsewhere)).service(web::scope("/admin").default_service(web::to(ops::elsewhere)));
+    }
     signaling_routes(cfg);
+}
+
+/// Metrics and the admin API, on the main listener or on `ops.listen`.
+pub fn ops_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/metrics").route(web::get().to(ops::metrics))).service(
+        web::scope("/admin")
+            .service(web::resource("/cluster/status").route(web::get().to(admin::status)))
+            .service(web::resource("/rooms").route(web::get().to(admin::rooms)))
+            .service(web::resource("/cluster/nodes").route(web::post().to(admin::add_node)))
+            .service(web::resource("/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)))
+            .service(web::resource("/cluster/nodes/{id}/promote").route(web::post().to(admin::promote_node))),
+    );
+}
+
+/// The ops listener's routes: health as well, so a probe can use either port.
+pub fn ops_listener_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
+    ops_routes(cfg);
 }
 
 /// A scope under a static prefix whose unmatched paths go to Collider's handler, as they would
@@ -91,6 +107,18 @@ pub fn signaling_routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(signaling::http::collider_handler));
 }
 
+/// The `HttpServer::on_connect` hook of every HTTP listener: the per-address connection count,
+/// then the descriptor `close` needs.
+pub fn on_connect(
+    per_ip: std::sync::Arc<per_ip::ConnectionsPerIp>,
+) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
+    move |conn, ext| {
+        if per_ip.admit(conn, ext) {
+            close::remember_socket(conn, ext);
+        }
+    }
+}
+
 /// A listening socket for an HTTP server. Sockets accepted from it inherit `TCP_NODELAY`: a burst
 /// of frames to one WebSocket (an offer and its candidates) must not wait for the client's
 /// delayed ACK between frames (Nagle), which costs ~40 ms per round.
@@ -110,21 +138,56 @@ pub fn listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpList
 pub enum BodyError {
     /// Longer than the limit (bytes).
     TooLarge(usize),
+    /// Not all there by the deadline (`http.body_timeout_secs`).
+    TooSlow(std::time::Duration),
     /// The connection failed mid-body.
     Read(String),
 }
 
-/// Reads a whole body, refusing more than `limit` bytes without buffering them.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
+impl BodyError {
+    /// The HTTP status that says what went wrong.
+    pub fn status(&self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(limit) => write!(f, "larger than {limit} bytes"),
+            BodyError::TooSlow(d) => write!(f, "not received within {} s", d.as_secs()),
+            BodyError::Read(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes without buffering them, or a body not
+/// all there within `deadline` (a client trickling it would hold the handler and its memory).
+pub async fn read_body(payload: web::Payload, limit: usize, deadline: std::time::Duration) -> Result<Bytes, BodyError> {
+    let read = async move {
+        let mut payload = payload;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("switchboard_http_slow_bodies_total").increment(1);
+            Err(BodyError::TooSlow(deadline))
+        }
+    }
 }
 
 /// What the AppRTC parameters need from a request.

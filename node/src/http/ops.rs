@@ -1,5 +1,5 @@
 //! Operations endpoints: `/healthz` (the process is up), `/readyz` (it takes new work) and
-//! Prometheus `/metrics`.
+//! Prometheus `/metrics`, on the main listener or on `ops.listen`.
 
 use std::sync::OnceLock;
 
@@ -51,4 +51,9 @@ pub async fn metrics(node: web::Data<Node>) -> HttpResponse {
         Some(h) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(h.render()),
         None => HttpResponse::ServiceUnavailable().body("metrics recorder not installed\n"),
     }
+}
+
+/// `/metrics` and `/admin/...` on the main listener when `ops.listen` serves them.
+pub async fn elsewhere() -> HttpResponse {
+    HttpResponse::NotFound().body("not served here: metrics and the admin API are on this node's ops.listen\n")
 }

@@ -2,7 +2,6 @@
 //! ICE configuration and TURN REST credentials. Outcomes map to AppRTC `result` strings here
 //! and nowhere else.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rand::Rng;
 use serde::Deserialize;
@@ -104,11 +103,11 @@ pub async fn message(
     if let Err(e) = validate_id(&client) {
         return bad_id("client", e);
     }
-    let body = match read_body(payload, node.config.http.max_message_bytes).await {
+    let body = match read_body(payload, node.config.http.max_message_bytes, node.config.http.body_timeout()).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge(limit)) => {
-            warn!(%room, %client, limit, "message over the size limit refused");
-            return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE).json(ResultOnly { result: ResultCode::Error });
+        Err(e @ (BodyError::TooLarge(_) | BodyError::TooSlow(_))) => {
+            warn!(%room, %client, "message refused: {e}");
+            return HttpResponse::build(e.status()).json(ResultOnly { result: ResultCode::Error });
         }
         Err(BodyError::Read(_)) => return result(ResultCode::Error),
     };

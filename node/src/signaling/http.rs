@@ -56,14 +56,12 @@ pub async fn collider_handler(
     if *method == Method::DELETE {
         return delete(&node, room, client).await;
     }
-    let body = match read_body(payload, node.config.http.max_message_bytes).await {
+    let body = match read_body(payload, node.config.http.max_message_bytes, node.config.http.body_timeout()).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge(limit)) => {
-            return error(&node, StatusCode::PAYLOAD_TOO_LARGE, format!("Failed to read request body: larger than {limit} bytes"));
-        }
-        Err(BodyError::Read(e)) => {
+        Err(e @ BodyError::Read(_)) => {
             return error(&node, StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to read request body: {e}"));
         }
+        Err(e) => return error(&node, e.status(), format!("Failed to read request body: {e}")),
     };
     if body.is_empty() {
         return error(&node, StatusCode::INTERNAL_SERVER_ERROR, "Empty request body".into());
