@@ -41,10 +41,15 @@ pub fn binary() -> PathBuf {
 
 /// A TCP port free on every address in `ips` (and UDP too, for STUN/TURN listeners).
 pub fn free_port(ips: &[Ipv4Addr]) -> u16 {
+    // Below the kernel's ephemeral range, so that no outgoing connection of a test running
+    // alongside (some open thousands) is given the port between this probe and the node's bind.
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768);
+    let (lo, hi) = if ephemeral_low > 12_000 { (10_000, ephemeral_low) } else { (61_000, 65_535) };
     'outer: for _ in 0..200 {
-        let probe = TcpListener::bind((ips[0], 0)).expect("bind probe");
-        let port = probe.local_addr().expect("addr").port();
-        drop(probe);
+        let port = rand::random_range(lo..hi);
         for ip in ips {
             if TcpListener::bind((*ip, port)).is_err() || UdpSocket::bind((*ip, port)).is_err() {
                 continue 'outer;

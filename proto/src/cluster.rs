@@ -33,7 +33,36 @@ pub enum ClusterCommand {
     /// proposer by log index, and after a leader change the entry applied at that index may be
     /// another one (the proposer's was replaced, so it was not applied and may be proposed again).
     Batch { id: u64, cmds: Vec<ClusterCommand> },
+    /// A command a follower forwards to the leader, applied at most once: a forward whose
+    /// answer was lost (the link dropped, the leader paused) may have been applied, so the
+    /// follower sends it again under the same `id`, and a copy already applied answers what the
+    /// first did without applying again. A copy stamped after `expires_ms` (cluster time) is not
+    /// applied at all ([`Outcome::Expired`]), so once cluster time has passed it the follower
+    /// learns for certain, from its own state, whether it was ([`ClusterState::settled`]). The
+    /// outcome is kept until `keep_until_ms`, long enough for the follower to look.
+    Once { id: ProposalId, expires_ms: u64, keep_until_ms: u64, cmd: Box<ClusterCommand> },
 }
+
+/// What became of a once-only proposal, as one node's state tells.
+#[derive(Debug, PartialEq)]
+pub enum Settled<'a> {
+    /// Applied, with this outcome.
+    Applied(&'a Outcome),
+    /// Not applied, and never will be: cluster time here is past its expiry.
+    Never,
+    /// Not applied yet; a copy may still be.
+    NotYet,
+}
+
+/// Names one proposal of one node: its id and a number it never gives another proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    /// The proposing node.
+    pub node: NodeId,
+    /// Its number for the proposal (random start per process, then counting).
+    pub seq: u64,
+}
+
 
 /// What a node reports about its load and its TURN service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +120,10 @@ pub struct ClusterState {
     /// Cluster time (ms): the latest time any applied command carried. Commands are stamped by
     /// the leader; time never goes back here, whichever leader's clock runs behind.
     clock_ms: u64,
+    /// Outcomes of applied [`ClusterCommand::Once`] proposals, kept until the time given.
+    settled: BTreeMap<ProposalId, (u64, Outcome)>,
+    /// The same, by the time they may go.
+    settled_until: BTreeMap<(u64, ProposalId), ()>,
 }
 
 impl ClusterCommand {
@@ -101,6 +134,7 @@ impl ClusterCommand {
             ClusterCommand::NodeDown { now_ms, .. }
             | ClusterCommand::NodeUp { now_ms, .. }
             | ClusterCommand::NodeRemoved { now_ms, .. } => Some(now_ms),
+            ClusterCommand::Once { cmd, .. } => cmd.now_ms_mut(),
             ClusterCommand::Load { .. } | ClusterCommand::Batch { .. } => None,
         }
     }
@@ -110,6 +144,7 @@ impl ClusterCommand {
         match self {
             ClusterCommand::Room(c) => c.approx_bytes(),
             ClusterCommand::Batch { cmds, .. } => cmds.iter().map(ClusterCommand::approx_bytes).sum(),
+            ClusterCommand::Once { cmd, .. } => cmd.approx_bytes() + 24,
             _ => 64,
         }
     }
@@ -118,7 +153,33 @@ impl ClusterCommand {
 impl ClusterState {
     /// An empty state.
     pub fn new(limits: Limits) -> Self {
-        ClusterState { rooms: Rooms::new(limits), nodes: BTreeMap::new(), clock_ms: 0 }
+        ClusterState {
+            rooms: Rooms::new(limits),
+            nodes: BTreeMap::new(),
+            clock_ms: 0,
+            settled: BTreeMap::new(),
+            settled_until: BTreeMap::new(),
+        }
+    }
+
+    /// What became of once-only proposal `id` that expires at `expires_ms`.
+    pub fn settled(&self, id: ProposalId, expires_ms: u64) -> Settled<'_> {
+        match self.settled.get(&id) {
+            Some((_, o)) => Settled::Applied(o),
+            None if self.clock_ms > expires_ms => Settled::Never,
+            None => Settled::NotYet,
+        }
+    }
+
+    /// Forgets outcomes kept past their time (deterministic: cluster time only).
+    fn prune_settled(&mut self) {
+        while let Some((&(until, id), _)) = self.settled_until.first_key_value() {
+            if until >= self.clock_ms {
+                break;
+            }
+            self.settled_until.pop_first();
+            self.settled.remove(&id);
+        }
     }
 
     /// Cluster time: the latest time an applied command carried.
@@ -171,6 +232,21 @@ impl ClusterState {
                     effects.extend(a.effects);
                 }
                 Applied { outcome: Outcome::Batch { id, outcomes }, effects }
+            }
+            ClusterCommand::Once { id, expires_ms, keep_until_ms, cmd } => {
+                // The stamp was taken into cluster time above.
+                self.prune_settled();
+                if let Some((_, outcome)) = self.settled.get(&id) {
+                    return Applied { outcome: outcome.clone(), effects: Vec::new() };
+                }
+                if self.clock_ms > expires_ms {
+                    return Applied { outcome: Outcome::Expired, effects: Vec::new() };
+                }
+                let applied = self.apply_at(index, *cmd);
+                let until = keep_until_ms.max(expires_ms);
+                self.settled.insert(id, (until, applied.outcome.clone()));
+                self.settled_until.insert((until, id), ());
+                applied
             }
         }
     }
@@ -354,6 +430,48 @@ mod tests {
 
     fn b(node: NodeId, n: u128) -> Binding {
         Binding { node, session: SessionId(Uuid::from_u128(n)) }
+    }
+
+    fn once(seq: u64, client: &str, now_ms: u64, expires_ms: u64) -> ClusterCommand {
+        let join = Command::Join { room: "R".into(), client: client.into(), loopback: false, now_ms };
+        ClusterCommand::Once { id: ProposalId { node: 2, seq }, expires_ms, keep_until_ms: expires_ms + 1_000, cmd: Box::new(ClusterCommand::Room(join)) }
+    }
+
+    #[test]
+    fn a_once_proposal_applies_once_and_answers_its_copies_alike() {
+        let mut s = ClusterState::new(Limits::default());
+        let id = ProposalId { node: 2, seq: 7 };
+        assert_eq!(s.settled(id, 100), Settled::NotYet, "not known before cluster time passes its expiry");
+        let first = s.apply(once(7, "a", 10, 100));
+        assert!(matches!(first.outcome, Outcome::Join(_)), "{:?}", first.outcome);
+        let members = s.rooms.clone();
+        // The copy sent again after a lost answer: the same outcome, nothing applied again.
+        let copy = s.apply(once(7, "a", 50, 100));
+        assert_eq!(copy.outcome, first.outcome);
+        assert!(copy.effects.is_empty());
+        assert_eq!(s.rooms, members);
+        assert_eq!(s.settled(id, 100), Settled::Applied(&first.outcome));
+        // Kept until keep_until, then forgotten (deterministically, by cluster time).
+        s.apply(ClusterCommand::Room(Command::Tick { now_ms: 1_200 }));
+        s.apply(ClusterCommand::Room(Command::Tick { now_ms: 1_201 }));
+        s.apply(once(8, "z", 1_202, 5_000));
+        assert_eq!(s.settled(id, 100), Settled::Never);
+    }
+
+    #[test]
+    fn a_once_proposal_stamped_after_its_expiry_is_not_applied() {
+        let mut s = ClusterState::new(Limits::default());
+        s.apply(ClusterCommand::Room(Command::Tick { now_ms: 90 }));
+        // A copy that sat in a paused leader's socket, stamped when it was read.
+        let late = s.apply(once(1, "a", 150, 100));
+        assert_eq!(late.outcome, Outcome::Expired);
+        assert!(late.effects.is_empty());
+        assert_eq!(s.rooms.room_count(), 0, "a join its proposer was told failed must not take a place");
+        assert_eq!(s.settled(ProposalId { node: 2, seq: 1 }, 100), Settled::Never);
+        // The outcomes kept are part of the replicated state: a snapshot carries them.
+        let applied = s.apply(once(2, "b", 160, 1_000));
+        let copy: ClusterState = postcard::from_bytes(&postcard::to_stdvec(&s).unwrap()).unwrap();
+        assert_eq!(copy.settled(ProposalId { node: 2, seq: 2 }, 1_000), Settled::Applied(&applied.outcome));
     }
 
     #[test]

@@ -232,6 +232,8 @@ pub enum Outcome {
     Noop,
     /// Answer to a batch of commands in one entry (its id): one outcome per command, in order.
     Batch { id: u64, outcomes: Vec<Outcome> },
+    /// Answer to a once-only proposal stamped after its expiry: not applied.
+    Expired,
 }
 
 /// Result of a join.

@@ -41,7 +41,7 @@ pub use propose::ProposeError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ pub struct Cluster {
     draining: AtomicBool,
     /// A `NodeUp` of this node is being proposed.
     announcing: AtomicBool,
+    /// Numbers this node's once-only proposals (random start: never reused by a later life).
+    proposal_seq: AtomicU64,
 }
 
 impl Cluster {
@@ -179,6 +181,7 @@ impl Cluster {
             cfg,
             draining: AtomicBool::new(false),
             announcing: AtomicBool::new(false),
+            proposal_seq: AtomicU64::new(rand::random::<u64>() >> 1),
         });
         cluster.clone().watch(registry.clone());
         cluster.clone().serve_reclaims(reclaimed);

@@ -16,7 +16,7 @@ use switchboard_proto::turn::server::{AllocateRequest, ConnectRequest, Ctx, Hand
 use switchboard_proto::turn::{channel_data, AllocationState, ClientTransport, RelayTransport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, Gone, Refreshed};
@@ -45,13 +45,22 @@ const MAX_PENDING: usize = 10_000;
 /// Peer connections of TCP relays waiting for the client's ConnectionBind (RFC 6062 §5.3).
 #[derive(Default)]
 pub struct PendingConnections {
-    inner: Mutex<HashMap<u32, (TcpStream, String, Instant)>>,
+    inner: Mutex<HashMap<u32, Pending>>,
+}
+
+/// A peer connection waiting for the client's ConnectionBind.
+struct Pending {
+    stream: TcpStream,
+    username: String,
+    at: Instant,
+    /// Ends when the allocation that made it ends (RFC 6062 §5: its data connections go with it).
+    alive: watch::Receiver<()>,
 }
 
 impl PendingConnections {
-    fn insert(&self, stream: TcpStream, username: &str) -> Option<u32> {
+    fn insert(&self, stream: TcpStream, username: &str, alive: watch::Receiver<()>) -> Option<u32> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, (_, _, at)| at.elapsed() < BIND_WAIT);
+        m.retain(|_, p| p.at.elapsed() < BIND_WAIT);
         if m.len() >= MAX_PENDING {
             return None;
         }
@@ -59,15 +68,15 @@ impl PendingConnections {
         while id == 0 || m.contains_key(&id) {
             id = rand::random();
         }
-        m.insert(id, (stream, username.to_owned(), Instant::now()));
+        m.insert(id, Pending { stream, username: username.to_owned(), at: Instant::now(), alive });
         Some(id)
     }
 
-    fn take(&self, id: u32, username: &str) -> Option<TcpStream> {
+    fn take(&self, id: u32, username: &str) -> Option<(TcpStream, watch::Receiver<()>)> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match m.remove(&id) {
-            Some((s, u, at)) if u == username && at.elapsed() < BIND_WAIT => Some(s),
-            Some(other) if other.1 != username => {
+            Some(p) if p.username == username && p.at.elapsed() < BIND_WAIT => Some((p.stream, p.alive)),
+            Some(other) if other.username != username => {
                 // Someone else's connection: leave it for its owner.
                 m.insert(id, other);
                 None
@@ -159,6 +168,8 @@ struct ConnAlloc {
     relay: Relay,
     actor: Addr<Allocation>,
     bucket: Bucket,
+    /// Dropped with the allocation: its data connections see it and close.
+    alive: watch::Sender<()>,
 }
 
 impl Drop for ConnAlloc {
@@ -187,8 +198,9 @@ fn frame_len(buf: &[u8]) -> Option<Result<usize, ()>> {
 /// What the connection's loop does next.
 enum Next {
     Go,
-    /// ConnectionBind succeeded: this connection now pipes raw bytes to the peer.
-    Pipe(TcpStream),
+    /// ConnectionBind succeeded: this connection now pipes raw bytes to the peer for as long
+    /// as the allocation lives.
+    Pipe(TcpStream, watch::Receiver<()>),
 }
 
 struct Conn {
@@ -255,8 +267,8 @@ where
                     }
                     let frame = inbuf[start..start + len].to_vec();
                     start += len;
-                    if let Next::Pipe(peer) = c.frame(&frame, now).await {
-                        pipe = Some(peer);
+                    if let Next::Pipe(peer, alive) = c.frame(&frame, now).await {
+                        pipe = Some((peer, alive));
                         break;
                     }
                 }
@@ -303,13 +315,13 @@ where
     };
     // Ends the allocation (see `ConnAlloc`'s drop) before a data connection takes over.
     c.alloc = None;
-    if let Some(mut peer) = piped {
+    if let Some((mut peer, alive)) = piped {
         // RFC 6062 data connection: from here on, raw bytes both ways.
         let stream = rd.unsplit(wr);
         if !inbuf.is_empty() {
-            peer.write_all(&inbuf).await?;
+            write_by_deadline(&mut peer, &inbuf).await?;
         }
-        let (up, down) = pipe(stream, peer).await?;
+        let (up, down) = pipe(stream, peer, alive, Bucket::new(c.shared.max_bps)).await?;
         debug!(%client, up, down, "TCP relay connection closed");
     }
     Ok(())
@@ -328,9 +340,10 @@ async fn write_by_deadline<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Re
     }
 }
 
-/// An RFC 6062 data connection: bytes both ways until either side closes, nothing moves for
-/// [`PIPE_IDLE`], or a side stops reading. Returns the bytes carried up and down.
-async fn pipe<A, B>(a: A, b: B) -> Result<(u64, u64)>
+/// An RFC 6062 data connection: bytes both ways, both directions together within
+/// `turn.max_bps`, until either side closes, nothing moves for [`PIPE_IDLE`], a side stops
+/// reading, or the allocation that made it ends (`alive`). Returns the bytes carried up and down.
+async fn pipe<A, B>(a: A, b: B, mut alive: watch::Receiver<()>, mut bucket: Bucket) -> Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -346,6 +359,7 @@ where
                 if n == 0 {
                     return Ok((up, down));
                 }
+                pace(&mut bucket, n).await;
                 write_by_deadline(&mut bw, &abuf[..n]).await?;
                 up += n as u64;
             }
@@ -354,11 +368,21 @@ where
                 if n == 0 {
                     return Ok((up, down));
                 }
+                pace(&mut bucket, n).await;
                 write_by_deadline(&mut aw, &bbuf[..n]).await?;
                 down += n as u64;
             }
+            _ = alive.changed() => anyhow::bail!("the allocation of this TCP relay connection ended"),
             _ = tokio::time::sleep(PIPE_IDLE) => anyhow::bail!("TCP relay connection idle for {} s", PIPE_IDLE.as_secs()),
         }
+    }
+}
+
+/// Waits until `len` bytes fit the bucket. A stream cannot drop bytes as a datagram relay does,
+/// so it is slowed instead: TCP's own flow control then holds the sender back.
+async fn pace(bucket: &mut Bucket, len: usize) {
+    while !bucket.take(len, now_ms()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -415,9 +439,9 @@ impl Conn {
                     return Next::Go;
                 }
                 match self.pending.take(id, &username) {
-                    Some(peer) => {
+                    Some((peer, alive)) => {
                         self.out.extend_from_slice(&reply);
-                        return Next::Pipe(peer);
+                        return Next::Pipe(peer, alive);
                     }
                     None => self.out.extend_from_slice(&shared.server.connection_bind_failed(frame)),
                 }
@@ -447,7 +471,7 @@ impl Conn {
             return;
         }
         let _ = stream.set_nodelay(true);
-        if let Some(id) = self.pending.insert(stream, &a.state.username) {
+        if let Some(id) = self.pending.insert(stream, &a.state.username, a.alive.subscribe()) {
             self.out.extend_from_slice(&self.shared.server.connection_attempt(id, peer));
         }
     }
@@ -488,7 +512,7 @@ impl Conn {
         let reply = match result {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                match self.pending.insert(stream, &a.state.username) {
+                match self.pending.insert(stream, &a.state.username, a.alive.subscribe()) {
                     Some(id) => self.shared.server.connect_reply(&req, Ok(id)),
                     None => self.shared.server.connect_reply(&req, Err(508)),
                 }
@@ -540,7 +564,7 @@ impl Conn {
         let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| {
             Allocation::new(0, user, client, relay_addr, expires, expire, quotas)
         });
-        self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps) });
+        self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps), alive: watch::channel(()).0 });
         reply
     }
 }
