@@ -12,8 +12,8 @@ use stun_types::message::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use turn_types::attribute::{ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress};
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
+use turn_types::attribute::{ChannelNumber, ConnectionId, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CONNECT, CONNECTION_BIND, CREATE_PERMISSION, REFRESH};
 
 enum Link {
     Udp(UdpSocket),
@@ -41,6 +41,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The CONNECTION-ID of an RFC 6062 Connect success.
+    pub fn connection_id(&self) -> Option<u32> {
+        let m = Message::from_bytes(&self.bytes).ok()?;
+        m.attribute::<ConnectionId>().ok().map(|c| c.id())
+    }
+
     /// The XOR-RELAYED-ADDRESS of an Allocate success.
     pub fn relayed(&self) -> Option<SocketAddr> {
         let m = Message::from_bytes(&self.bytes).ok()?;
@@ -196,6 +202,34 @@ impl TurnClient {
                 return Ok((u16::from_be_bytes([buf[0], buf[1]]), data));
             }
         }
+    }
+
+    /// Allocate an RFC 6062 TCP relay (TCP/TLS clients).
+    pub async fn allocate_tcp(&mut self) -> Result<Answer> {
+        self.request(ALLOCATE, &|b, _| {
+            let _ = b.add_attribute(&RequestedTransport::new(RequestedTransport::TCP));
+        })
+        .await
+    }
+
+    /// RFC 6062 Connect from the relay to `peer`.
+    pub async fn connect(&mut self, peer: SocketAddr) -> Result<Answer> {
+        self.request(CONNECT, &|b, t| {
+            let _ = b.add_attribute(&XorPeerAddress::new(peer, t));
+        })
+        .await
+    }
+
+    /// RFC 6062 ConnectionBind of this (fresh) TCP connection to connection `id`; on success the
+    /// connection is the data connection: raw bytes to and from the peer.
+    pub async fn connection_bind(mut self, id: u32) -> Result<(Answer, TcpStream)> {
+        let a = self
+            .request(CONNECTION_BIND, &|b, _| {
+                let _ = b.add_attribute(&ConnectionId::new(id));
+            })
+            .await?;
+        let Link::Tcp(s) = self.link else { bail!("ConnectionBind over TCP only") };
+        Ok((a, s))
     }
 
     /// ChannelBind `number` to `peer`.

@@ -372,3 +372,50 @@ async fn t21_tcp_client_that_stops_reading_loses_its_allocation() {
     assert!(m.contains("switchboard_errors_total{kind=\"turn_write_deadline\"} 1"), "the stall is counted");
     drop(c);
 }
+
+/// RFC 6062: a data connection ends with the allocation that made it (RFC 6062 §5: deleted
+/// here with a Refresh of lifetime 0; before, the pipe lived on until 300 s without traffic),
+/// and it is paced to `turn.max_bps` like any relay.
+#[tokio::test]
+async fn t21_tcp_relay_data_connection_ends_with_its_allocation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const RATE: u64 = 200_000;
+    let n = node(&["turn.allow_peers=[\"127.0.0.0/8\"]", &format!("turn.max_bps={RATE}")]).await;
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut control = TurnClient::tcp(n.turn, "alice", "wonderland").await.unwrap();
+    assert_eq!(control.allocate_tcp().await.unwrap().code, 0);
+    assert_eq!(control.permit(peer_addr).await.unwrap().code, 0);
+    let (connected, accepted) = tokio::join!(control.connect(peer_addr), peer.accept());
+    let id = connected.unwrap().connection_id().expect("Connect answers a CONNECTION-ID");
+    let (mut at_peer, _) = accepted.unwrap();
+    let (bound, mut data) = TurnClient::tcp(n.turn, "alice", "wonderland").await.unwrap().connection_bind(id).await.unwrap();
+    assert_eq!(bound.code, 0);
+
+    // Two seconds' worth of the cap: the first second's is in the bucket, the rest waits.
+    let start = std::time::Instant::now();
+    let payload = vec![7u8; 2 * RATE as usize];
+    let writer = tokio::spawn(async move {
+        data.write_all(&payload).await.unwrap();
+        data
+    });
+    let mut got = vec![0u8; 2 * RATE as usize];
+    tokio::time::timeout(Duration::from_secs(10), at_peer.read_exact(&mut got)).await.expect("relayed within 10 s").unwrap();
+    let took = start.elapsed();
+    let mut data = writer.await.unwrap();
+    println!("{} bytes through the data connection in {took:?} (cap {RATE} B/s)", got.len());
+    assert!(got.iter().all(|b| *b == 7));
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(4), "took {took:?} at a cap of {RATE} B/s");
+    at_peer.write_all(b"pong").await.unwrap();
+    let mut pong = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(3), data.read_exact(&mut pong)).await.unwrap().unwrap();
+    assert_eq!(&pong, b"pong");
+
+    // The allocation ends: both ends of its data connection are closed.
+    assert_eq!(control.refresh(0).await.unwrap().code, 0);
+    let mut b = [0u8; 1];
+    let client_end = tokio::time::timeout(Duration::from_secs(3), data.read(&mut b)).await;
+    let peer_end = tokio::time::timeout(Duration::from_secs(3), at_peer.read(&mut b)).await;
+    assert!(matches!(client_end, Ok(Ok(0)) | Ok(Err(_))), "the client's data connection outlived its allocation: {client_end:?}");
+    assert!(matches!(peer_end, Ok(Ok(0)) | Ok(Err(_))), "the peer's connection outlived the allocation: {peer_end:?}");
+}
