@@ -8,6 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+# Dependency policy (deny.toml): licences, banned crates, crates.io only. Advisories need the
+# RustSec database, fetched from GitHub: checked when it is reachable, said when it is not.
+cargo deny --locked check licenses bans sources
+if timeout 10 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+  cargo deny --locked check advisories
+else
+  echo "cargo deny: advisories not checked (the RustSec database on GitHub is unreachable from here)"
+fi
 cargo build --workspace --all-targets --locked
 export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci "$@"

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use cluster_tests::netns::rerun_in_netns;
 use cluster_tests::turn_client::TurnClient;
-use cluster_tests::{free_port, NodeProcess, NodeSpec};
+use cluster_tests::calls::{self, CallSpec, Clients, Target};
+use cluster_tests::{fresh_room, free_port, NodeProcess, NodeSpec};
 use socket2::{Domain, Protocol, Socket, Type};
 use stun_types::attribute::{Nonce, Realm, Username};
 use stun_types::message::{IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageWrite, MessageWriteExt, MessageWriteVec};
@@ -72,10 +73,19 @@ async fn t24_spoofed_wrong_realm_flood_does_not_lock_out_its_victim() {
     let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).expect("raw sockets need root");
     raw.set_header_included_v4(true).unwrap();
     let forged = forged_allocate();
+    let rss_before = n.rss_kib();
+    // A call's signaling goes on meanwhile (the flood is sent from another task).
+    let base = n.base();
+    let call = tokio::spawn(async move {
+        let mut clients = Clients::new(&[Target::new(&base)]);
+        calls::call(&mut clients, &CallSpec::default(), &fresh_room("calm"), 0, 0).await
+    });
     for i in 0..2000u16 {
         let src = SocketAddrV4::new(victim_ip, 20_000 + i);
         raw.send_to(&datagram(src, dst, &forged), &SocketAddr::V4(dst).into()).unwrap();
     }
+    call.await.unwrap().expect("a call during the flood");
+    println!("2 000 forged requests: node RSS {rss_before} → {} KiB", n.rss_kib());
     let mut buf = [0u8; 1500];
     let len = tokio::time::timeout(Duration::from_secs(3), witness.recv(&mut buf)).await.expect("the node answered the forged request").unwrap();
     let answer = Message::from_bytes(&buf[..len]).unwrap();

@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use cluster_tests::cluster::{Cluster, ClusterOptions};
 use cluster_tests::turn_client::TurnClient;
-use cluster_tests::{free_port, NodeProcess, NodeSpec};
+use cluster_tests::calls::{self, CallSpec, Clients, Target};
+use cluster_tests::{fresh_room, free_port, NodeProcess, NodeSpec};
 use serde_json::Value;
 
 struct Answer {
@@ -108,6 +109,19 @@ async fn t25_minting_is_limited_per_address_and_quota_counts_rest_users_per_addr
     let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let mut creds = Vec::new();
+    let rss_before = n.rss_kib();
+    // 200 requests for credentials from one address while a call goes on from another.
+    let flooder = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let flood = futures_util::future::join_all((0..200).map(|_| ice(&base, None, "", Some(flooder))));
+    let call = async {
+        let mut clients = Clients::new(&[Target::new(&base)]);
+        calls::call(&mut clients, &CallSpec::default(), &fresh_room("calm"), 0, 0).await
+    };
+    let (answers, called) = tokio::join!(flood, call);
+    called.expect("a call during the minting flood");
+    let granted = answers.iter().filter(|r| r.status == 200).count();
+    println!("200 credential requests from one address: {granted} granted, node RSS {rss_before} → {} KiB", n.rss_kib());
+    assert_eq!(granted, 5, "credentials in a minute at a limit of 5");
     for _ in 0..5 {
         let r = ice(&base, None, "", Some(a)).await;
         assert_eq!(r.status, 200);

@@ -10,14 +10,6 @@ use cluster_tests::cluster::{Cluster, ClusterOptions};
 use cluster_tests::{fresh_room, NodeProcess, NodeSpec};
 use serde_json::Value;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 async fn post(client: &reqwest::Client, url: impl AsRef<str>, body: Vec<u8>) -> (u16, Value) {
     let r = client.post(url.as_ref()).body(body).timeout(std::time::Duration::from_secs(10)).send().await.unwrap_or_else(|e| panic!("{}: {e}", url.as_ref()));
     let status = r.status().as_u16();
@@ -34,7 +26,7 @@ async fn t26_stored_messages_are_refused_past_their_budget() {
     let room = fresh_room("hoard");
     let (_, joined) = post(&http, &format!("{}/join/{room}", c.base(1)), Vec::new()).await;
     let client = joined["params"]["client_id"].as_str().unwrap().to_owned();
-    let before: Vec<u64> = (1..=3).map(|n| rss_kib(c.nodes[n - 1].pid().unwrap())).collect();
+    let before: Vec<u64> = (1..=3).map(|n| c.nodes[n - 1].rss_kib()).collect();
 
     let mut stored = 0;
     let mut refused = 0;
@@ -57,7 +49,7 @@ async fn t26_stored_messages_are_refused_past_their_budget() {
     }
     assert_eq!(stored, 4, "4 × 60 000 bytes fit in 256 KiB, a fifth does not");
     assert_eq!(refused, 20);
-    let after: Vec<u64> = (1..=3).map(|n| rss_kib(c.nodes[n - 1].pid().unwrap())).collect();
+    let after: Vec<u64> = (1..=3).map(|n| c.nodes[n - 1].rss_kib()).collect();
     println!("stored {stored}, refused {refused}; RSS KiB before {before:?}, after {after:?} (1.4 MB offered)");
     let m = c.http(1).get("/metrics").await.unwrap().body;
     assert!(m.contains("switchboard_errors_total{kind=\"stored_bytes_room\"}"), "the refusals are counted");

@@ -15,14 +15,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
 
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0)
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -88,7 +80,7 @@ async fn t27_idle_sockets_from_one_address_do_not_stop_a_call() {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
     let node_limit = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("").split_whitespace().nth(3).unwrap_or("?").to_owned();
     let addr = n.spec.http;
-    let rss_before = proc_status(pid, "VmRSS:");
+    let rss_before = n.rss_kib();
 
     let started = Instant::now();
     let mut holders = vec![Holder::start(ATTACKER, addr, 10_000).await, Holder::start(ATTACKER, addr, 10_000).await];
@@ -113,7 +105,7 @@ async fn t27_idle_sockets_from_one_address_do_not_stop_a_call() {
         failed += a[1];
     }
     let fds_during = open_fds(pid);
-    let rss_during = proc_status(pid, "VmRSS:");
+    let rss_during = n.rss_kib();
     let mut clients = Clients::new(&[Target::new(&n.base())]);
     calls::call(&mut clients, &CallSpec::default(), &fresh_room("calm"), 0, 0).await.expect("a call while all are held");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -6,7 +6,7 @@
 #![no_main]
 
 use actix_http::h1::{Codec, Message, MessageType};
-use actix_http::ServiceConfig;
+use actix_http::{HttpMessage, ServiceConfig};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use switchboard_proto::apprtc::{html_escape, room_params, RequestInfo, Settings};
@@ -70,10 +70,25 @@ fn route(rooms: &mut Rooms, req: &Request, now_ms: u64) {
     }
 }
 
+thread_local! {
+    /// The server's codec settings, made once: they start a date-keeping task, which needs a
+    /// runtime and a local task set around them (never run here; the date is not fuzzed).
+    static CONFIG: (tokio::runtime::Runtime, tokio::task::LocalSet, ServiceConfig) = {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let local = tokio::task::LocalSet::new();
+        let cfg = {
+            let _rt = rt.enter();
+            let _local = local.enter();
+            ServiceConfig::default()
+        };
+        (rt, local, cfg)
+    };
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&step, data)) = data.split_first() else { return };
     let step = usize::from(step % 128) + 1;
-    let mut codec = Codec::new(ServiceConfig::default());
+    let mut codec = Codec::new(CONFIG.with(|c| c.2.clone()));
     let mut buf = BytesMut::new();
     let mut rooms = Rooms::new(Limits::default());
     let mut current: Option<Request> = None;

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         b"n".to_vec(),
         600,
     );
-    let limiter = FailureLimiter::new(5, 60, 16);
+    let limiter = FailureLimiter::new(5, 60, 16, std::hash::RandomState::new());
     let client: SocketAddr = "127.0.0.1:4000".parse().unwrap();
     let relay: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     for transport in [ClientTransport::Udp, ClientTransport::Tcp] {

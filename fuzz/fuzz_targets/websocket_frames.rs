@@ -64,8 +64,11 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(Frame::Text(b) | Frame::Binary(b))) => s.on_frame(&b),
                 Ok(Some(Frame::Continuation(item))) => match item {
                     Item::FirstText(b) | Item::FirstBinary(b) => joined = Some(b.to_vec()),
-                    Item::Continue(b) | Item::Last(b) => {
-                        let last = matches!(item, Item::Last(_));
+                    item @ (Item::Continue(_) | Item::Last(_)) => {
+                        let (last, b) = match item {
+                            Item::Last(b) => (true, b),
+                            Item::Continue(b) | Item::FirstText(b) | Item::FirstBinary(b) => (false, b),
+                        };
                         let Some(j) = joined.as_mut() else { return };
                         if j.len() + b.len() > MAX {
                             return; // closed with 1009
