@@ -76,11 +76,12 @@ pub struct NodeSpec {
 /// Per-address rate limits lifted: every test client and load generator connects from the
 /// same loopback address, which in production would be thousands of people. The tests of
 /// those limits set their own values (a later `--set` wins).
-pub const LIFTED_RATE_LIMITS: [&str; 4] = [
+pub const LIFTED_RATE_LIMITS: [&str; 5] = [
     "http.joins_per_second_per_ip=1000000000",
     "http.messages_per_second_per_ip=1000000000",
     "ice.credentials_per_minute=1000000000",
     "http.connections_per_ip=1000000",
+    "http.sessions_per_ip=1000000",
 ];
 
 impl NodeSpec {

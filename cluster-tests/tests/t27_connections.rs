@@ -204,3 +204,49 @@ async fn t27_a_trickled_body_is_answered_408_at_its_deadline() {
         assert!(after >= Duration::from_millis(1_900) && after < Duration::from_secs(5), "{what} answered after {after:?}");
     }
 }
+
+/// A WebSocket upgrade from `from`; the status it got and the connection (held open to keep
+/// the session).
+async fn upgrade(from: Ipv4Addr, to: SocketAddr) -> (String, TcpStream) {
+    let mut s = connect_from(from, to).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer to the upgrade").unwrap();
+    let status = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+    (status, s)
+}
+
+/// `http.sessions_per_ip`: past it a WebSocket upgrade from that address is answered 429 (not
+/// a bare close), another address still gets its sessions, and a closed one frees its slot.
+#[tokio::test]
+async fn t27_sessions_per_address_are_limited_with_429() {
+    let n = NodeProcess::start(NodeSpec::single().set("http.sessions_per_ip=3")).await.unwrap();
+    let addr = n.spec.http;
+    let (a, b) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (status, s) = upgrade(a, addr).await;
+        assert!(status.starts_with("HTTP/1.1 101"), "session {i}: {status}");
+        held.push(s);
+    }
+    let (status, _) = upgrade(a, addr).await;
+    assert!(status.starts_with("HTTP/1.1 429"), "a fourth session from one address: {status}");
+    let (status, _other) = upgrade(b, addr).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "another address: {status}");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, s) = upgrade(a, addr).await;
+        if status.starts_with("HTTP/1.1 101") {
+            held.push(s);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed session's slot did not come back: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

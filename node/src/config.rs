@@ -103,6 +103,8 @@ pub struct HttpSection {
     pub body_timeout_secs: u64,
     /// Most simultaneous connections (WebSocket sessions included) from one source address.
     pub connections_per_ip: u32,
+    /// Most simultaneous WebSocket sessions from one source address (then HTTP 429).
+    pub sessions_per_ip: usize,
     /// Room-server joins per source IP per second (429 beyond).
     pub joins_per_second_per_ip: u32,
     /// `/message` posts per source IP per second (429 beyond).
@@ -394,8 +396,8 @@ impl Config {
                 bail!("ops.listen must differ from http.listen (leave it empty to serve both on one listener)");
             }
         }
-        if self.http.body_timeout_secs == 0 || self.http.connections_per_ip == 0 {
-            bail!("http.body_timeout_secs and http.connections_per_ip must be positive");
+        if self.http.body_timeout_secs == 0 || self.http.connections_per_ip == 0 || self.http.sessions_per_ip == 0 {
+            bail!("http.body_timeout_secs, http.connections_per_ip and http.sessions_per_ip must be positive");
         }
         if self.rooms.queue_cap == 0 || self.rooms.max_rooms == 0 {
             bail!("rooms.queue_cap and rooms.max_rooms must be positive");

@@ -50,7 +50,7 @@ impl Node {
             turn_secret,
             turn_urls,
             turn,
-            sessions: Directory::new(config.http.max_sessions),
+            sessions: Directory::new(config.http.max_sessions, config.http.sessions_per_ip),
             minted: switchboard_proto::limits::PerSource::new(config.ice.credentials_per_minute, 60, 65_536, std::hash::RandomState::new()),
             joins: switchboard_proto::limits::PerSource::new(config.http.joins_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),
             messages: switchboard_proto::limits::PerSource::new(config.http.messages_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),

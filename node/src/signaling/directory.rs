@@ -1,7 +1,8 @@
-//! The node's open WebSocket sessions: a bounded count (the connection limit of signaling) and
-//! their addresses, so shutdown can tell each one to close with 1001.
+//! The node's open WebSocket sessions: a bounded count, in all and per source address (the
+//! connection limits of signaling), and their addresses, so shutdown can tell each to close with 1001.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,38 +19,73 @@ pub struct Directory {
 struct Inner {
     max: usize,
     open: AtomicUsize,
+    per_ip_max: usize,
+    /// Open sessions per source address (only addresses with one open).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     addrs: Mutex<HashMap<SessionId, Addr<SignalingSession>>>,
 }
 
 /// A slot held by a session for its whole life; dropping it frees the slot.
 pub struct Reservation {
     inner: Arc<Inner>,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.inner.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut m = self.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
     }
 }
 
+/// Why no session slot was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    /// The node holds `http.max_sessions`.
+    Node,
+    /// The source address holds `http.sessions_per_ip`.
+    Address,
+}
+
 impl Directory {
-    /// Room for at most `max` sessions.
-    pub fn new(max: usize) -> Self {
+    /// Room for at most `max` sessions, `per_ip_max` of them from one address.
+    pub fn new(max: usize, per_ip_max: usize) -> Self {
         Directory {
             inner: Arc::new(Inner {
                 max,
                 open: AtomicUsize::new(0),
+                per_ip_max,
+                per_ip: Mutex::new(HashMap::new()),
                 addrs: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Takes a slot, or `None` when the node is at its limit.
-    pub fn reserve(&self) -> Option<Reservation> {
-        let taken = self.inner.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < self.inner.max).then_some(n + 1)
-        });
-        taken.ok().map(|_| Reservation { inner: self.inner.clone() })
+    /// Takes a slot for a session from `ip`, unless the node or the address is at its limit.
+    pub fn reserve(&self, ip: Option<IpAddr>) -> Result<Reservation, Full> {
+        let inner = &self.inner;
+        inner.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < inner.max).then_some(n + 1)).map_err(|_| Full::Node)?;
+        if let Some(ip) = ip {
+            let mut m = inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= inner.per_ip_max {
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+                inner.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(Full::Address);
+            }
+            *n += 1;
+        }
+        Ok(Reservation { inner: inner.clone(), ip })
     }
 
     /// Open sessions.

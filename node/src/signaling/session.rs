@@ -15,7 +15,7 @@ use switchboard_proto::collider::{self, ClientFrame, FrameError};
 use switchboard_proto::rooms::SessionId;
 use tracing::{debug, info, warn};
 
-use super::directory::Reservation;
+use super::directory::{Full, Reservation};
 use crate::http::close::CloseOnDrop;
 use crate::node::Node;
 use crate::rooms::{Attach, Detach, Flush, RegisterSession, Relay, RoomActor, ToSession};
@@ -67,10 +67,19 @@ pub async fn ws_handler(
     if node.is_draining() {
         return Ok(HttpResponse::ServiceUnavailable().body("node is shutting down\n"));
     }
-    let Some(slot) = node.sessions.reserve() else {
-        warn!("WebSocket refused: session limit reached");
-        metrics::counter!("switchboard_errors_total", "kind" => "session_limit").increment(1);
-        return Ok(HttpResponse::ServiceUnavailable().body("too many sessions\n"));
+    let ip = req.peer_addr().map(|a| a.ip());
+    let slot = match node.sessions.reserve(ip) {
+        Ok(slot) => slot,
+        Err(Full::Node) => {
+            warn!("WebSocket refused: session limit reached");
+            metrics::counter!("switchboard_errors_total", "kind" => "session_limit").increment(1);
+            return Ok(HttpResponse::ServiceUnavailable().body("too many sessions\n"));
+        }
+        Err(Full::Address) => {
+            debug!(?ip, "WebSocket refused: http.sessions_per_ip reached");
+            metrics::counter!("switchboard_errors_total", "kind" => "sessions_per_ip").increment(1);
+            return Ok(HttpResponse::TooManyRequests().body("too many sessions from this address\n"));
+        }
     };
     let (resp, ws, stream) = actix_ws::handle(&req, body)?;
     let conn = CloseOnDrop::of(&req);
