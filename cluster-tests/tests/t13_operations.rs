@@ -282,3 +282,68 @@ fn t13_print_config_is_toml_without_secrets() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(String::from_utf8(again.stdout).unwrap(), printed);
 }
+
+/// systemd's `Type=notify` protocol, read from a `NOTIFY_SOCKET` of the test's own: READY=1 once
+/// the node serves, WATCHDOG=1 at half the `WATCHDOG_USEC` interval, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn t13_systemd_notify_ready_watchdog_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let mut spec = NodeSpec::single();
+    spec.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    spec.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    let started = std::time::Instant::now();
+    let mut n = NodeProcess::start(spec).await.unwrap();
+    let next = || async {
+        let mut buf = vec![0u8; 4096];
+        let len = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await.expect("a notification within 5 s").unwrap();
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+    let first = next().await;
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    assert!(first.contains("STATUS=serving http://"), "{first:?}");
+    assert_eq!(Http::new(&n.base()).get("/readyz").await.unwrap().status, 200, "READY means it serves");
+    // Pings every 200 ms: ten within about two seconds.
+    let from = std::time::Instant::now();
+    for i in 0..10 {
+        let m = next().await;
+        assert_eq!(m.trim(), "WATCHDOG=1", "message {i}");
+    }
+    let took = from.elapsed();
+    println!("READY within {:?}; 10 watchdog pings in {took:?}", from.duration_since(started));
+    assert!(took > Duration::from_millis(1_500) && took < Duration::from_millis(3_000), "10 pings in {took:?} at 200 ms");
+    n.sigterm();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = next().await;
+        if m.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no STOPPING=1 after SIGTERM");
+    }
+    let status = tokio::task::spawn_blocking(move || n.terminate(Duration::from_secs(10))).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// `contrib/systemd/switchboard.service` passes `systemd-analyze verify` without a word (it
+/// exits 0 even on a unit it ignores lines of, so the check is on what it prints: a unit with a
+/// mistake in it is shown to be caught).
+#[test]
+fn t13_systemd_unit_verifies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let unit = std::fs::read_to_string(root.join("contrib/systemd/switchboard.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="), "the unit uses sd_notify and the watchdog");
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |text: &str| {
+        // verify wants ExecStart's binary to exist: the one under test.
+        let path = dir.path().join("switchboard.service");
+        std::fs::write(&path, text.replace("/usr/local/bin/switchboard", &binary().display().to_string())).unwrap();
+        let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze (Debian's systemd)");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+    };
+    let (ok, said) = verify(&unit);
+    assert!(ok && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let (_, said) = verify(&unit.replace("Type=notify", "Type=bogus"));
+    assert!(said.contains("bogus"), "a broken unit goes unnoticed: {said:?}");
+}

@@ -24,6 +24,7 @@ mod membership;
 mod node;
 mod rooms;
 mod signaling;
+mod systemd;
 mod turn;
 
 use std::time::Duration;
@@ -223,6 +224,8 @@ async fn run(config: Config) -> Result<()> {
     info!("open {scheme}://{listen}/r/{example_room} in two browsers to start a call");
 
     actix_web::rt::spawn(shutdown_on_signal(node.clone(), handles));
+    systemd::ready(&format!("serving {scheme}://{listen}"));
+    systemd::watchdog(node.registry.clone());
     // Every listener runs only while polled: wait for all of them together.
     futures_util::future::try_join_all(servers).await.context("HTTP server failed")?;
     if let Some(t) = &turn_service {
@@ -305,6 +308,7 @@ async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::
         _ = int.recv() => info!("SIGINT: draining"),
     }
     node.start_draining();
+    systemd::stopping();
     let cluster = node.membership.as_cluster().cloned();
     let drain = Duration::from_secs(if cluster.is_some() { node.config.cluster.drain_timeout_secs } else { 2 });
     let deadline = std::time::Instant::now() + drain;

@@ -4,7 +4,7 @@
 mod registry;
 mod room;
 
-pub use registry::{ApplyEffects, RebindAll, RegisterSession, RoomRegistry, ToRoom};
+pub use registry::{ApplyEffects, Heartbeat, RebindAll, RegisterSession, RoomRegistry, ToRoom};
 pub use room::{now_ms, Attach, Detach, Flush, Relay, RoomActor};
 
 use actix::{Message, Recipient};

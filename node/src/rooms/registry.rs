@@ -61,6 +61,11 @@ pub struct RegisterSession {
 #[rtype(result = "()")]
 pub struct RebindAll;
 
+/// Answered at once: the registry's mailbox is being served (the systemd watchdog asks).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
 /// Sent by a room that has no local socket left.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -210,6 +215,12 @@ impl Handler<Sync> for RoomRegistry {
             self.syncs.entry(msg.index).or_default().push(msg.room);
         }
     }
+}
+
+impl Handler<Heartbeat> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
 }
 
 impl Handler<RebindAll> for RoomRegistry {
