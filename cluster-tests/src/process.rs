@@ -226,6 +226,13 @@ impl NodeProcess {
         }
     }
 
+    /// Sends SIGHUP.
+    pub fn sighup(&self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "HUP");
+        }
+    }
+
     /// Waits (polling, without blocking the runtime) until the process exits.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;

@@ -313,6 +313,13 @@ async fn t13_systemd_notify_ready_watchdog_stopping() {
     let took = from.elapsed();
     println!("READY within {:?}; 10 watchdog pings in {took:?}", from.duration_since(started));
     assert!(took > Duration::from_millis(1_500) && took < Duration::from_millis(3_000), "10 pings in {took:?} at 200 ms");
+    // SIGHUP (a closed terminal) is logged and ignored: the node goes on serving.
+    n.sighup();
+    for _ in 0..3 {
+        assert_eq!(next().await.trim(), "WATCHDOG=1", "the node lives on after SIGHUP");
+    }
+    assert_eq!(Http::new(&n.base()).get("/readyz").await.unwrap().status, 200);
+    assert!(n.log().contains("SIGHUP ignored"), "SIGHUP is logged");
     n.sigterm();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -303,9 +303,16 @@ async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::
         error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: draining"),
-        _ = int.recv() => info!("SIGINT: draining"),
+    // SIGHUP (a closed terminal, a `kill -HUP` meant as a reload) must not end every call.
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break }
+            _ = int.recv() => { info!("SIGINT: draining"); break }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                warn!("SIGHUP ignored: this version cannot reload its configuration; restart the node to apply changes");
+            }
+        }
     }
     node.start_draining();
     systemd::stopping();
