@@ -3,10 +3,51 @@
 //! that disagree between nodes therefore move no grace or expiry; only the first leader of a new
 //! cluster reads its wall clock, to start from.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use switchboard_proto::cluster::ClusterCommand;
+use switchboard_proto::rooms::NodeId;
+
+use super::state_machine::SharedState;
+use super::types::Raft;
 use crate::rooms::now_ms;
+
+/// What stamps commands with cluster time: this node's clock, and its Raft and state to know
+/// whether it leads and what time its state is at. Shared by proposals made here and those a
+/// follower forwards, which the leader stamps again when it takes them (a copy that waited in a
+/// stopped leader's socket gets the time it was taken, not the time it was sent).
+#[derive(Clone)]
+pub struct Stamper {
+    me: NodeId,
+    raft: Raft,
+    state: SharedState,
+    clock: Arc<ClusterClock>,
+}
+
+impl Stamper {
+    pub fn new(me: NodeId, raft: Raft, state: SharedState) -> Self {
+        Stamper { me, raft, state, clock: Arc::new(ClusterClock::default()) }
+    }
+
+    /// Cluster time for a command proposed now.
+    pub fn now(&self) -> u64 {
+        let leading = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(self.me)).then_some(m.current_term)
+        };
+        let applied = self.state.read().unwrap_or_else(|p| p.into_inner()).clock_ms();
+        self.clock.now(leading, applied)
+    }
+
+    /// Sets the time `cmd` carries to cluster time now.
+    pub fn stamp(&self, cmd: &mut ClusterCommand) {
+        if let Some(t) = cmd.now_ms_mut() {
+            *t = self.now();
+        }
+    }
+}
 
 /// This node's view of cluster time while it leads.
 #[derive(Default)]

@@ -45,7 +45,11 @@ impl Cluster {
                     continue;
                 }
                 let (reached, voters) = self.reachable_voters(window);
-                let majority = voters > 0 && reached * 2 > voters;
+                if voters == 0 {
+                    // No membership yet (a node waiting to be added): nothing to stand for.
+                    continue;
+                }
+                let majority = reached * 2 > voters;
                 if !majority {
                     majority_since = None;
                     if open {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use super::batcher::{Batcher, WriteError};
+use super::clock::Stamper;
 use switchboard_proto::cluster::{self, ClusterCommand, Frame, RaftRpc, Reply, Request};
 use anyhow::Context as _;
 use switchboard_proto::peer_security::Sealer;
@@ -54,6 +55,8 @@ pub struct InboundContext {
     pub propose_timeout: Duration,
     /// Where to note that a peer was heard.
     pub links: PeerLinks,
+    /// Stamps forwarded proposals with this node's cluster time when it takes them.
+    pub stamper: Stamper,
 }
 
 /// Handshakes in progress, oldest first, each with the means to end it.
@@ -264,11 +267,16 @@ async fn handle(ctx: &InboundContext, body: Request) -> Reply {
                 Err(e) => Reply::Failed(format!("bad snapshot chunk: {e}")),
             },
         },
-        Request::Propose(cmd) => match tokio::time::timeout(ctx.propose_timeout, propose_here(&ctx.batcher, cmd)).await {
-            Ok(reply) => reply,
-            // Nothing committed in time (no majority here): the proposer decides what next.
-            Err(_) => Reply::Failed("no quorum: the proposal did not commit in time".into()),
-        },
+        Request::Propose(mut cmd) => {
+            // The leader's time, not the sender's: a once-only proposal that waited (in this
+            // node's socket while it was stopped) past its expiry must not be applied.
+            ctx.stamper.stamp(&mut cmd);
+            match tokio::time::timeout(ctx.propose_timeout, propose_here(&ctx.batcher, cmd)).await {
+                Ok(reply) => reply,
+                // Nothing committed in time (no majority here): the proposer decides what next.
+                Err(_) => Reply::Failed("no quorum: the proposal did not commit in time".into()),
+            }
+        }
         Request::TriggerElect => match ctx.raft.trigger().elect().await {
             Ok(()) => Reply::Done,
             Err(e) => Reply::Failed(e.to_string()),

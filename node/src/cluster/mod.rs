@@ -53,7 +53,7 @@ use switchboard_proto::rooms::{Limits, NodeId};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use self::clock::ClusterClock;
+use self::clock::Stamper;
 use self::ledger::Ledger;
 use self::network::PeerLinks;
 use self::batcher::Batcher;
@@ -78,7 +78,7 @@ pub struct Cluster {
     pub ledger: Arc<Ledger>,
     /// The last applied log index.
     applied: tokio::sync::watch::Receiver<u64>,
-    clock: ClusterClock,
+    stamper: Stamper,
     cfg: ClusterSection,
     draining: AtomicBool,
     /// A `NodeUp` of this node is being proposed.
@@ -141,6 +141,7 @@ impl Cluster {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (cluster)"))?;
         info!(node = id, "cluster listener on {listen}");
         let ledger = Arc::new(Ledger::new(id, incarnation));
+        let stamper = Stamper::new(id, raft.clone(), state.clone());
         actix::spawn(inbound::serve(
             listener,
             inbound::InboundContext {
@@ -153,6 +154,7 @@ impl Cluster {
                 incarnation,
                 propose_timeout: Duration::from_millis(cfg.propose_timeout_ms),
                 links: links.clone(),
+                stamper: stamper.clone(),
             },
         ));
 
@@ -177,7 +179,7 @@ impl Cluster {
             state,
             ledger,
             applied,
-            clock: ClusterClock::default(),
+            stamper,
             cfg,
             draining: AtomicBool::new(false),
             announcing: AtomicBool::new(false),

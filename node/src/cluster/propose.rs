@@ -34,20 +34,12 @@ const APPLY_WAIT: Duration = Duration::from_secs(1);
 impl Cluster {
     /// Cluster time for a command proposed now (see `clock`).
     pub fn cluster_now(&self) -> u64 {
-        let leading = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader == Some(self.id)).then_some(m.current_term)
-        };
-        let applied = self.state.read().unwrap_or_else(|p| p.into_inner()).clock_ms();
-        self.clock.now(leading, applied)
+        self.stamper.now()
     }
 
-    /// Sets the time `cmd` carries to cluster time (the leader's stamp wins).
+    /// Sets the time `cmd` carries to cluster time (the leader stamps it again).
     pub fn stamp(&self, cmd: &mut ClusterCommand) {
-        if let Some(t) = cmd.now_ms_mut() {
-            *t = self.cluster_now();
-        }
+        self.stamper.stamp(cmd);
     }
 
     /// Applies `cmd` through Raft: here if this node leads, otherwise at the leader over a link.
