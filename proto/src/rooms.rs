@@ -1012,6 +1012,18 @@ impl Rooms {
             return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
         };
         let Some(c) = r.clients.iter_mut().find(|c| c.id == client) else {
+            // The sender hung up (its DELETE applied first) while these waited for a lost node:
+            // they are what it left for the one client remaining, as its queue would have been.
+            if let [peer] = &mut r.clients[..] {
+                if let Some(at) = peer.binding.filter(|b| !gone.contains(b)) {
+                    let to = peer.id.clone();
+                    effects.push(Effect::Deliver { room: room.clone(), to, at, messages });
+                    return Outcome::Relayed { delivered: total, queued: 0, dropped: 0 };
+                }
+                let room_for = queue_cap.saturating_sub(peer.inbox.len()).min(total);
+                peer.inbox.extend(messages.into_iter().take(room_for));
+                return Outcome::Relayed { delivered: 0, queued: room_for, dropped: total - room_for };
+            }
             return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
         };
         // A run proposed again (its first proposal went unanswered) applies once: forwards of a

@@ -500,6 +500,40 @@ fn reclaim_goes_first() {
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 0, dropped: 1 });
 }
 
+/// The same hang-up when the bye had been forwarded to the lost node: the DELETE applies before
+/// the forward is taken back through the log, and the bye, sender gone, is kept for the client
+/// (in order, tag kept, so its node writes it once) until it registers again from that node.
+#[test]
+fn a_reclaimed_bye_outlives_its_sender() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    register(&mut r, "R", "b", at(2, 2), T0);
+    r.apply(Command::UnbindNode { node: 1, now_ms: T0, grace_ms: 5_000 });
+    r.apply(Command::Remove { room: "R".into(), client: "b".into(), now_ms: T0 });
+    let tag = ForwardTag { from: 2, incarnation: 9, to: 1, to_life: 5, seq: 4 };
+    let bye = Envelope { body: BYE.into(), tag: Some(tag) };
+    let x = r.apply(Command::Reclaim { room: "R".into(), client: "b".into(), messages: vec![bye], gone: vec![at(1, 1)], now_ms: T0 });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 0, queued: 1, dropped: 0 });
+    let reg = register(&mut r, "R", "a", at(1, 1), T0 + 1_000);
+    match &reg.effects[..] {
+        [Effect::Deliver { to, messages, .. }] => {
+            assert_eq!(to, "a");
+            assert_eq!(bodies(messages), vec![BYE]);
+            assert_eq!(messages[0].tag, Some(tag));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The remaining client bound elsewhere already: written to it at once.
+    let x = r.apply(Command::Reclaim {
+        room: "R".into(),
+        client: "b".into(),
+        messages: vec![Envelope { body: "late".into(), tag: Some(ForwardTag { seq: 5, ..tag }) }],
+        gone: vec![at(7, 7)],
+        now_ms: T0,
+    });
+    assert_eq!(x.outcome, Outcome::Relayed { delivered: 1, queued: 0, dropped: 0 });
+}
+
 /// A peer that hangs up (bye, then DELETE) while the other client's node is lost: its bye
 /// reaches that client when it registers again from its node, although its sender is gone.
 #[test]
