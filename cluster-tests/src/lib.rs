@@ -49,3 +49,21 @@ pub fn init_crypto() {
 pub fn fresh_room(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
+
+/// The sum of a Prometheus counter's samples (from `/metrics`) whose labels include all of
+/// `labels`; 0 when it has none.
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A TCP connection to `to` from the local address `from` (any port), within 5 s.
+pub async fn connect_from(from: std::net::IpAddr, to: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let s = if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.bind(std::net::SocketAddr::new(from, 0))?;
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.connect(to)).await.map_err(|_| std::io::ErrorKind::TimedOut)?
+}

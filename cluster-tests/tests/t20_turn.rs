@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use cluster_tests::coturn::{free_dual_port, natdiscovery, stunclient, uclient, Peer, Run};
-use cluster_tests::{NodeProcess, NodeSpec};
+use cluster_tests::{counter, NodeProcess, NodeSpec};
 
 const SECRET: &str = "test-turn-secret";
 const RUN: Duration = Duration::from_secs(60);
@@ -85,16 +85,6 @@ async fn relay_run(name: &str, flags: &[&str], server: &str, tls: bool) {
         }
     }
     drop(t);
-}
-
-/// The sum of a Prometheus counter's samples whose labels include all of `labels`.
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 #[test]

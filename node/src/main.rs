@@ -153,67 +153,23 @@ async fn run(config: Config) -> Result<()> {
 
     // One count per source address across every HTTP listener.
     let per_ip = http::per_ip::ConnectionsPerIp::new(config.http.connections_per_ip);
-    let main_node = node.clone();
+    let listener = Listener { config: &config, node: &node, tls: tls.as_ref(), per_ip: &per_ip };
     let ops_on_main = config.ops.listen_addr().is_none();
-    let mut server = HttpServer::new(move || App::new().app_data(main_node.clone()).configure(|c| http::routes(c, ops_on_main)))
-        .disable_signals()
-        .shutdown_timeout(config.http.shutdown_timeout_secs)
-        .max_connections(config.http.max_connections)
-        .client_request_timeout(Duration::from_secs(10))
-        .on_connect(http::on_connect(per_ip.clone()));
-    if config.http.workers > 0 {
-        server = server.workers(config.http.workers);
-    }
     let listen = config.http.listen;
-    let socket = http::listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    server = match &tls {
-        Some(t) => server.listen_rustls_0_23(socket, t.clone()),
-        None => server.listen(socket),
-    }
-    .with_context(|| format!("cannot listen on {listen}"))?;
-    let main = server.run();
+    let main = listener.serve(listen, "", config.http.workers, move |c| http::routes(c, ops_on_main))?;
     let mut handles = vec![main.handle()];
     let mut servers = vec![main];
 
     if !config.http.signaling_listen.is_empty() {
         let addr: std::net::SocketAddr = config.http.signaling_listen.parse()?;
-        let sig_node = node.clone();
-        let mut sig = HttpServer::new(move || App::new().app_data(sig_node.clone()).configure(http::signaling_routes))
-            .disable_signals()
-            .shutdown_timeout(config.http.shutdown_timeout_secs)
-            .max_connections(config.http.max_connections)
-            .client_request_timeout(Duration::from_secs(10))
-            .on_connect(http::on_connect(per_ip.clone()));
-        if config.http.workers > 0 {
-            sig = sig.workers(config.http.workers);
-        }
-        let socket = http::listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let sig = match &tls {
-            Some(t) => sig.listen_rustls_0_23(socket, t.clone()),
-            None => sig.listen(socket),
-        }
-        .with_context(|| format!("cannot listen on {addr}"))?
-        .run();
+        let sig = listener.serve(addr, "", config.http.workers, http::signaling_routes)?;
         info!("Collider-style signaling listener on {scheme}://{addr}");
         handles.push(sig.handle());
         servers.push(sig);
     }
 
     if let Some(addr) = config.ops.listen_addr() {
-        let ops_node = node.clone();
-        let ops = HttpServer::new(move || App::new().app_data(ops_node.clone()).configure(http::ops_listener_routes))
-            .disable_signals()
-            .shutdown_timeout(config.http.shutdown_timeout_secs)
-            .workers(1)
-            .client_request_timeout(Duration::from_secs(10))
-            .on_connect(http::on_connect(per_ip.clone()));
-        let socket = http::listener(addr).with_context(|| format!("cannot listen on {addr} (ops.listen)"))?;
-        let ops = match &tls {
-            Some(t) => ops.listen_rustls_0_23(socket, t.clone()),
-            None => ops.listen(socket),
-        }
-        .with_context(|| format!("cannot listen on {addr} (ops.listen)"))?
-        .run();
+        let ops = listener.serve(addr, " (ops.listen)", 1, http::ops_listener_routes)?;
         info!("metrics and admin API on {scheme}://{addr}");
         handles.push(ops.handle());
         servers.push(ops);
@@ -295,6 +251,41 @@ fn spawn_ticker(membership: Membership) {
             }
         }
     });
+}
+
+/// What every HTTP listener of the node shares: its settings, TLS and the per-address count.
+struct Listener<'a> {
+    config: &'a Config,
+    node: &'a web::Data<Node>,
+    tls: Option<&'a rustls::ServerConfig>,
+    per_ip: &'a std::sync::Arc<http::per_ip::ConnectionsPerIp>,
+}
+
+impl Listener<'_> {
+    /// An HTTP server of `routes` on `addr` (`what` names it in errors), with `workers` threads
+    /// (0: one per core).
+    fn serve<R>(&self, addr: std::net::SocketAddr, what: &str, workers: usize, routes: R) -> Result<actix_web::dev::Server>
+    where
+        R: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+    {
+        let node = self.node.clone();
+        let mut server = HttpServer::new(move || App::new().app_data(node.clone()).configure(routes.clone()))
+            .disable_signals()
+            .shutdown_timeout(self.config.http.shutdown_timeout_secs)
+            .max_connections(self.config.http.max_connections)
+            .client_request_timeout(Duration::from_secs(10))
+            .on_connect(http::on_connect(self.per_ip.clone()));
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        let socket = http::listener(addr).with_context(|| format!("cannot listen on {addr}{what}"))?;
+        let server = match self.tls {
+            Some(t) => server.listen_rustls_0_23(socket, t.clone()),
+            None => server.listen(socket),
+        }
+        .with_context(|| format!("cannot listen on {addr}{what}"))?;
+        Ok(server.run())
+    }
 }
 
 async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::ServerHandle>) {

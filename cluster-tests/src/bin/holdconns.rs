@@ -13,7 +13,6 @@ use std::time::Duration;
 use clap::Parser;
 use futures_util::future::join_all;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Parser)]
 struct Args {
@@ -28,12 +27,6 @@ struct Args {
     count: usize,
 }
 
-async fn connect(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = if from.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    s.bind(SocketAddr::new(from, 0))?;
-    tokio::time::timeout(Duration::from_secs(5), s.connect(to)).await.map_err(|_| std::io::ErrorKind::TimedOut)?
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -43,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     while left > 0 {
         let batch = left.min(500);
         left -= batch;
-        for r in join_all((0..batch).map(|_| connect(args.from, args.to))).await {
+        for r in join_all((0..batch).map(|_| cluster_tests::connect_from(args.from, args.to))).await {
             match r {
                 Ok(s) => held.push(s),
                 Err(_) => failed += 1,

@@ -50,14 +50,13 @@ impl Cluster {
     /// by then, this node's own state says whether it was applied once cluster time has passed
     /// the proposal's expiry. So a client is never told ERROR for a join that happened (a
     /// member no one holds would take a place in the room) or a message that was stored.
-    pub async fn propose(&self, cmd: ClusterCommand) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, mut cmd: ClusterCommand) -> Result<Outcome, ProposeError> {
         let timeout = Duration::from_millis(self.cfg.propose_timeout_ms);
         let deadline = Instant::now() + timeout;
         let id = ProposalId { node: self.id, seq: self.proposal_seq.fetch_add(1, Ordering::Relaxed) };
         let expires_ms = self.cluster_now() + self.cfg.propose_timeout_ms;
         // Kept past expiry for as long as this node may take to settle it (below).
         let keep_until_ms = expires_ms + 2 * self.cfg.propose_timeout_ms;
-        let mut cmd = cmd;
         let mut unanswered = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -15,8 +15,39 @@ use tracing::warn;
 /// How often a refused address is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Open connections per source address. Holds an entry only while the address has one open,
-/// so it is bounded by the server's connection limit.
+/// What each source address holds open (connections, sessions). An address has an entry only
+/// while it holds something, so the table is bounded by what the server holds at once.
+#[derive(Debug, Default)]
+pub struct OpenPerAddress {
+    count: HashMap<IpAddr, usize>,
+}
+
+impl OpenPerAddress {
+    /// Counts one more for `ip`, unless it already holds `limit`.
+    pub fn take(&mut self, ip: IpAddr, limit: usize) -> bool {
+        let n = self.count.entry(ip).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                self.count.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back one that `take` counted.
+    pub fn give_back(&mut self, ip: IpAddr) {
+        if let Some(n) = self.count.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.count.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Open connections per source address.
 pub struct ConnectionsPerIp {
     limit: u32,
     open: Mutex<Table>,
@@ -24,7 +55,7 @@ pub struct ConnectionsPerIp {
 
 #[derive(Default)]
 struct Table {
-    count: HashMap<IpAddr, u32>,
+    open: OpenPerAddress,
     last_logged: Option<Instant>,
 }
 
@@ -36,13 +67,7 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut t = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.count.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.count.remove(&self.ip);
-            }
-        }
+        self.table.open.lock().unwrap_or_else(|p| p.into_inner()).open.give_back(self.ip);
     }
 }
 
@@ -65,8 +90,7 @@ impl ConnectionsPerIp {
         let Ok(peer) = tcp.peer_addr() else { return true };
         let ip = canonical(peer);
         let mut t = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.count.entry(ip).or_insert(0);
-        if *n >= self.limit {
+        if !t.open.take(ip, self.limit as usize) {
             let now = Instant::now();
             if t.last_logged.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
                 t.last_logged = Some(now);
@@ -77,7 +101,6 @@ impl ConnectionsPerIp {
             let _ = socket2::SockRef::from(tcp).shutdown(Shutdown::Both);
             return false;
         }
-        *n += 1;
         drop(t);
         ext.insert(Admitted { table: self.clone(), ip });
         true
@@ -95,6 +118,22 @@ fn canonical(peer: SocketAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_holds_up_to_its_limit_and_leaves_no_entry() {
+        let mut o = OpenPerAddress::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(o.take(ip, 2) && o.take(ip, 2));
+        assert!(!o.take(ip, 2), "a third over a limit of two");
+        assert!(o.take("192.0.2.8".parse().unwrap(), 2), "another address");
+        o.give_back(ip);
+        assert!(o.take(ip, 2), "room again after one went");
+        o.give_back(ip);
+        o.give_back(ip);
+        assert!(!o.count.contains_key(&ip), "no entry once the address holds nothing");
+        let mut fresh = OpenPerAddress::default();
+        assert!(!fresh.take(ip, 0) && fresh.count.is_empty(), "a zero limit leaves nothing behind");
+    }
 
     #[test]
     fn mapped_addresses_count_as_ipv4() {

@@ -10,6 +10,7 @@ use actix::Addr;
 use switchboard_proto::rooms::SessionId;
 
 use super::session::{GoingAway, SignalingSession};
+use crate::http::per_ip::OpenPerAddress;
 
 /// Open sessions, bounded.
 pub struct Directory {
@@ -20,8 +21,8 @@ struct Inner {
     max: usize,
     open: AtomicUsize,
     per_ip_max: usize,
-    /// Open sessions per source address (only addresses with one open).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open sessions per source address.
+    per_ip: Mutex<OpenPerAddress>,
     addrs: Mutex<HashMap<SessionId, Addr<SignalingSession>>>,
 }
 
@@ -35,13 +36,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         self.inner.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.ip {
-            let mut m = self.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
+            self.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner()).give_back(ip);
         }
     }
 }
@@ -63,7 +58,7 @@ impl Directory {
                 max,
                 open: AtomicUsize::new(0),
                 per_ip_max,
-                per_ip: Mutex::new(HashMap::new()),
+                per_ip: Mutex::new(OpenPerAddress::default()),
                 addrs: Mutex::new(HashMap::new()),
             }),
         }
@@ -74,16 +69,10 @@ impl Directory {
         let inner = &self.inner;
         inner.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < inner.max).then_some(n + 1)).map_err(|_| Full::Node)?;
         if let Some(ip) = ip {
-            let mut m = inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= inner.per_ip_max {
-                if *n == 0 {
-                    m.remove(&ip);
-                }
+            if !inner.per_ip.lock().unwrap_or_else(|p| p.into_inner()).take(ip, inner.per_ip_max) {
                 inner.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Full::Address);
             }
-            *n += 1;
         }
         Ok(Reservation { inner: inner.clone(), ip })
     }
