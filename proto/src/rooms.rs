@@ -1061,11 +1061,18 @@ impl Rooms {
         let Some(c) = r.clients.iter_mut().find(|c| c.id == client) else {
             return Outcome::Relayed { delivered: 0, queued: 0, dropped: total };
         };
-        // They were sent before anything now queued: they go first. What does not fit is the
-        // oldest, as a full queue would have refused them at the time.
+        // They were sent before anything now queued from the log: they go first, though after
+        // runs of the same link reclaimed before them with lower numbers (a lost node's
+        // forwards come back as several runs, one per stretch of this sender's frames, and
+        // must stay in the order they were sent). What does not fit is the oldest, as a full
+        // queue would have refused them at the time.
+        let first = messages.iter().find_map(|m| m.tag);
+        let at = first.map_or(0, |f| {
+            c.queue.iter().take_while(|q| q.tag.is_some_and(|t| same_link(&t, &f) && t.seq < f.seq)).count()
+        });
         let room_for = queue_cap.saturating_sub(c.queue.len()).min(total);
         for m in messages.into_iter().skip(total - room_for).rev() {
-            c.queue.push_front(m);
+            c.queue.insert(at, m);
         }
         self.refresh(&room, now_ms);
         Outcome::Relayed { delivered: 0, queued: room_for, dropped: total - room_for + skipped }

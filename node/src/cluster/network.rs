@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::cluster::{RaftRpc, Reply, Request};
 use switchboard_proto::rooms::{NodeId, SessionId};
 
-use super::peer_link::{Call, Forward, HealthTable, LinkContext, LinkError, LinkHealth, PeerLink, Reclaim, ReclaimSink, Unacked};
+use super::peer_link::{Call, Forward, HealthTable, LinkContext, LinkError, LinkHealth, PeerLink, Reclaim, ReclaimSink};
 use super::types::{PeerInfo, TypeConfig};
 
 /// This node's links to every other member, created as members appear.
@@ -102,11 +102,11 @@ impl PeerLinks {
         self.inner.ctx.incarnation
     }
 
-    /// Takes back what was forwarded to `node` and never acknowledged.
-    pub async fn reclaim(&self, node: NodeId) -> Vec<Unacked> {
-        match self.link(node, None) {
-            Some(l) => l.send(Reclaim).await.unwrap_or_default(),
-            None => Vec::new(),
+    /// Takes back what was forwarded to `node` and never acknowledged: the link hands it to
+    /// the reclaim sink.
+    pub fn reclaim(&self, node: NodeId) {
+        if let Some(l) = self.link(node, None) {
+            l.do_send(Reclaim);
         }
     }
 

@@ -64,10 +64,11 @@ pub struct Forward {
     pub barrier: u64,
 }
 
-/// Forwarded messages the peer never acknowledged, handed back because the peer was declared
-/// down: its clients will register elsewhere, so the messages must reach them another way.
+/// Forwarded messages the peer never acknowledged, handed back (to the link's [`ReclaimSink`])
+/// because the peer was declared down: its clients will register elsewhere, or again, so the
+/// messages must reach them another way.
 #[derive(Message)]
-#[rtype(result = "Vec<Unacked>")]
+#[rtype(result = "()")]
 pub struct Reclaim;
 
 /// One forward the peer did not acknowledge; its messages carry the forward's tag, so that the
@@ -81,8 +82,20 @@ pub struct Unacked {
     pub messages: Vec<Envelope>,
 }
 
-/// Where a link hands back forwards meant for sockets of a peer's earlier life.
-pub type ReclaimSink = mpsc::UnboundedSender<(NodeId, Vec<Unacked>)>;
+/// Forwards a link gave back, to go through the log.
+#[derive(Debug)]
+pub struct HandBack {
+    /// The peer they were forwarded to.
+    pub node: NodeId,
+    pub unacked: Vec<Unacked>,
+    /// The sockets they were meant for are gone (the peer came back as a new life). Otherwise
+    /// the peer was declared down and may be alive: a socket of it bound again is live.
+    pub sockets_gone: bool,
+}
+
+/// Where links hand back forwards; one task sends them through the log in the order given, so
+/// that the runs of one link apply in the order their frames were sent.
+pub type ReclaimSink = mpsc::UnboundedSender<HandBack>;
 
 /// What every link of a node shares.
 #[derive(Clone)]
@@ -428,7 +441,7 @@ impl PeerLink {
             std::mem::take(&mut self.unacked).into_iter().partition(|p| p.to_life.is_some_and(|l| l != incarnation));
         self.unacked = live;
         if !stale.is_empty() {
-            let _ = self.ctx.reclaims.send((self.peer, self.decode(stale)));
+            let _ = self.ctx.reclaims.send(HandBack { node: self.peer, unacked: self.decode(stale), sockets_gone: true });
         }
         for p in &mut self.unacked {
             p.to_life = Some(incarnation);
@@ -508,12 +521,14 @@ impl Handler<Forward> for PeerLink {
 }
 
 impl Handler<Reclaim> for PeerLink {
-    type Result = MessageResult<Reclaim>;
+    type Result = ();
 
-    fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) {
         // Taken, not copied: if the peer comes back, it must not get them a second time (and
         // should one have reached it, its tag makes the peer write it once).
         let pending = std::mem::take(&mut self.unacked);
-        MessageResult(self.decode(pending))
+        if !pending.is_empty() {
+            let _ = self.ctx.reclaims.send(HandBack { node: self.peer, unacked: self.decode(pending), sockets_gone: false });
+        }
     }
 }

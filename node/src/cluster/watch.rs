@@ -56,7 +56,7 @@ impl Cluster {
                 }
                 was_up_here = up_here;
                 for node in now_down.difference(&down) {
-                    self.clone().reclaim_from(*node);
+                    self.reclaim_from(*node);
                 }
                 down = now_down;
                 if rx.changed().await.is_err() {

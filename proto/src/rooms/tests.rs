@@ -534,6 +534,36 @@ fn a_reclaimed_bye_outlives_its_sender() {
     assert_eq!(x.outcome, Outcome::Relayed { delivered: 1, queued: 0, dropped: 0 });
 }
 
+/// A lost node's forwards of one sender come back as several runs (its frames were interleaved
+/// with other rooms' on the link), applied in the order they were sent. Queued while the peer is
+/// unbound, they reach it in that order, before what the log queued meanwhile.
+#[test]
+fn reclaimed_runs_of_one_sender_keep_their_order() {
+    let mut r = rooms();
+    register(&mut r, "R", "a", at(1, 1), T0);
+    register(&mut r, "R", "b", at(2, 2), T0);
+    r.apply(Command::UnbindNode { node: 2, now_ms: T0, grace_ms: 5_000 });
+    send(&mut r, "R", "a", "later", T0);
+    let tag = ForwardTag { from: 1, incarnation: 9, to: 2, to_life: 5, seq: 0 };
+    let run = |seqs: &[u64]| -> Vec<Envelope> {
+        seqs.iter().map(|s| Envelope { body: format!("m{s}"), tag: Some(ForwardTag { seq: 10 + s, ..tag }) }).collect()
+    };
+    let reclaim = |r: &mut Rooms, messages: Vec<Envelope>| {
+        r.apply(Command::Reclaim { room: "R".into(), client: "a".into(), messages, gone: vec![at(2, 2)], now_ms: T0 })
+    };
+    reclaim(&mut r, run(&[0]));
+    reclaim(&mut r, run(&[1, 2]));
+    reclaim(&mut r, run(&[3, 4]));
+    let reg = register(&mut r, "R", "b", at(2, 3), T0 + 1_000);
+    match &reg.effects[..] {
+        [Effect::Deliver { to, messages, .. }] => {
+            assert_eq!(to, "b");
+            assert_eq!(bodies(messages), vec!["m0", "m1", "m2", "m3", "m4", "later"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A peer that hangs up (bye, then DELETE) while the other client's node is lost: its bye
 /// reaches that client when it registers again from its node, although its sender is gone.
 #[test]
