@@ -51,13 +51,17 @@ impl Http {
     /// Any request.
     pub async fn request(&self, method: &str, path: &str, body: impl Into<reqwest::Body>) -> Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let r = self
-            .client
-            .request(method, format!("{}{}", self.base, path))
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("request to {}{path}", self.base))?;
+        self.send(self.client.request(method, format!("{}{}", self.base, path)).body(body), path).await
+    }
+
+    /// A request to the admin API with its bearer token.
+    pub async fn admin(&self, method: &str, path: &str, token: &str) -> Result<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        self.send(self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(token), path).await
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, path: &str) -> Result<Reply> {
+        let r = req.send().await.with_context(|| format!("request to {}{path}", self.base))?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.text().await?;

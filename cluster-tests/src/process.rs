@@ -67,7 +67,7 @@ pub struct NodeSpec {
     pub http: SocketAddr,
     /// `--set key=value` overrides.
     pub sets: Vec<String>,
-    /// Extra environment variables.
+    /// Extra environment variables; an empty value unsets the variable.
     pub env: Vec<(String, String)>,
     /// Config file, if any.
     pub config: Option<PathBuf>,
@@ -140,7 +140,11 @@ impl NodeProcess {
         }
         cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info,openraft=off".into()));
         for (k, v) in &self.spec.env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         cmd.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).stdin(Stdio::null());
         self.child = Some(cmd.spawn().context("cannot start switchboard")?);

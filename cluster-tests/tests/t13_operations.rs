@@ -284,7 +284,8 @@ fn t13_print_config_is_toml_without_secrets() {
 }
 
 /// systemd's `Type=notify` protocol, read from a `NOTIFY_SOCKET` of the test's own: READY=1 once
-/// the node serves, WATCHDOG=1 at half the `WATCHDOG_USEC` interval, STOPPING=1 on SIGTERM.
+/// the node serves, WATCHDOG=1 at half the `WATCHDOG_USEC` interval, RELOADING=1 and READY=1
+/// around a SIGHUP reload, STOPPING=1 on SIGTERM.
 #[tokio::test]
 async fn t13_systemd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,13 +314,23 @@ async fn t13_systemd_notify_ready_watchdog_stopping() {
     let took = from.elapsed();
     println!("READY within {:?}; 10 watchdog pings in {took:?}", from.duration_since(started));
     assert!(took > Duration::from_millis(1_500) && took < Duration::from_millis(3_000), "10 pings in {took:?} at 200 ms");
-    // SIGHUP (a closed terminal) is logged and ignored: the node goes on serving.
+    // SIGHUP reloads the configuration (here unchanged), between RELOADING=1 (with the monotonic
+    // time systemd asks for) and READY=1; the node goes on serving.
     n.sighup();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.lines().any(|l| l == "READY=1")) {
+        let m = next().await;
+        if m.trim() != "WATCHDOG=1" {
+            seen.push(m);
+        }
+    }
+    assert!(seen[0].lines().any(|l| l == "RELOADING=1") && seen[0].contains("MONOTONIC_USEC="), "{seen:?}");
+    assert!(seen.last().unwrap().contains("STATUS=serving; configuration reloaded"), "{seen:?}");
     for _ in 0..3 {
         assert_eq!(next().await.trim(), "WATCHDOG=1", "the node lives on after SIGHUP");
     }
     assert_eq!(Http::new(&n.base()).get("/readyz").await.unwrap().status, 200);
-    assert!(n.log().contains("SIGHUP ignored"), "SIGHUP is logged");
+    assert!(n.log().contains("configuration reloaded: nothing changed"), "SIGHUP is a reload:\n{}", n.log());
     n.sigterm();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -308,7 +308,11 @@ impl Config {
     }
 
     fn load_from(cli: &Cli, env: &[(String, String)]) -> Result<Config> {
-        let table = Self::merged(cli, env)?;
+        Self::from_table(Self::merged(cli, env)?)
+    }
+
+    /// The configuration `table` (as [`Config::merged`] makes it) describes, checked.
+    pub fn from_table(table: toml::Table) -> Result<Config> {
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -325,7 +329,7 @@ impl Config {
     }
 
     /// Defaults, then the file, the environment and the flags, merged (not yet checked).
-    fn merged(cli: &Cli, env: &[(String, String)]) -> Result<toml::Table> {
+    pub fn merged(cli: &Cli, env: &[(String, String)]) -> Result<toml::Table> {
         let mut table: toml::Table =
             EMBEDDED_DEFAULTS.parse().context("embedded defaults are not valid TOML")?;
         if let Some(path) = &cli.config {
@@ -408,6 +412,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");
         }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).with_context(|| format!("log.filter {:?}", self.log.filter))?;
         if self.cluster.enabled {
             let c = &self.cluster;
             c.listen.parse::<SocketAddr>().with_context(|| format!("cluster.listen {:?}", c.listen))?;

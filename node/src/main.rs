@@ -4,7 +4,7 @@
 //! HTTP(S) listener.
 //!
 //! ## Layout
-//! - `config`: TOML + environment + flags.
+//! - `config`: TOML + environment + flags; `reload`: SIGHUP and `POST /admin/reload`.
 //! - `membership`: the door to the room state machine (`switchboard-proto::rooms`).
 //! - `rooms/`: `RoomRegistry` and one `RoomActor` per room with a socket here.
 //! - `signaling/`: one `SignalingSession` actor per WebSocket, Collider's HTTP handlers.
@@ -20,8 +20,10 @@
 mod cluster;
 mod config;
 mod http;
+mod logging;
 mod membership;
 mod node;
+mod reload;
 mod rooms;
 mod signaling;
 mod systemd;
@@ -64,27 +66,17 @@ fn main() {
         }
         return;
     }
-    init_tracing(&config);
-    if let Err(e) = actix_web::rt::System::new().block_on(run(config)) {
+    let log = logging::init(&config);
+    if let Err(e) = actix_web::rt::System::new().block_on(run(cli, config, log)) {
         error!("{e:#}");
         eprintln!("switchboard: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn run(config: Config) -> Result<()> {
+async fn run(cli: Cli, config: Config, log: logging::LogFilter) -> Result<()> {
+    // What a reload compares its new reading with.
+    let running = Config::merged(&cli, &std::env::vars().collect::<Vec<_>>())?;
     http::ops::install_metrics()?;
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create node.data_dir {}", config.node.data_dir.display()))?;
@@ -107,20 +99,15 @@ async fn run(config: Config) -> Result<()> {
     };
     registry_ctx.run(RoomRegistry::new(membership.clone()));
 
-    // TURN credentials: the configured shared secret; in a cluster one derived from the cluster
-    // secret (every node must accept every node's credentials); alone, one made up per process.
-    let turn_secret = if !config.ice.turn_secret.is_empty() {
-        config.ice.turn_secret.clone()
-    } else if config.cluster.enabled {
+    // TURN credentials: the configured shared secret; without one, in a cluster one derived
+    // from the cluster secret (every node must accept every node's credentials); alone, one
+    // made up per process.
+    let fallback_turn_secret = if config.cluster.enabled {
         credentials::derive_secret(config.cluster.secret.as_bytes(), "switchboard turn-rest")
     } else {
         format!("{:032x}", rand::random::<u128>())
     };
-    let turn_urls = if config.ice.turn_urls.is_empty() && config.turn.enabled {
-        turn::TurnService::uris(&config)
-    } else {
-        config.ice.turn_urls.clone()
-    };
+    let turn_secret = node::Derived::new(&config, &fallback_turn_secret).turn_secret;
     let turn_service = if config.turn.enabled {
         // Nonces signed with the cluster secret are good on every node.
         let nonce_secret = if config.cluster.enabled && !config.cluster.secret.is_empty() {
@@ -136,9 +123,9 @@ async fn run(config: Config) -> Result<()> {
         config.clone(),
         membership.clone(),
         registry,
-        turn_secret,
-        turn_urls,
+        fallback_turn_secret,
         turn_service.as_ref().map(|t| t.shared.clone()),
+        reload::Reloader::new(cli, running, log),
     ));
     spawn_ticker(membership.clone());
     if let Some(c) = membership.as_cluster() {
@@ -301,14 +288,16 @@ async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = int.recv() => { info!("SIGINT: draining"); break }
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                warn!("SIGHUP ignored: this version cannot reload its configuration; restart the node to apply changes");
+                info!("SIGHUP: reloading the configuration");
+                // The outcome is logged either way; a bad file leaves the node as it was.
+                let _ = node.reloader.reload(&node);
             }
         }
     }
     node.start_draining();
     systemd::stopping();
     let cluster = node.membership.as_cluster().cloned();
-    let drain = Duration::from_secs(if cluster.is_some() { node.config.cluster.drain_timeout_secs } else { 2 });
+    let drain = Duration::from_secs(if cluster.is_some() { node.config().cluster.drain_timeout_secs } else { 2 });
     let deadline = std::time::Instant::now() + drain;
     if let Some(c) = &cluster {
         c.hand_over(drain / 2).await;

@@ -2,9 +2,11 @@
 //! open sessions and the counters Collider reports on `/status`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
+use arc_swap::ArcSwap;
 use switchboard_proto::apprtc;
 use switchboard_proto::rooms::Binding;
 use tracing::debug;
@@ -16,16 +18,16 @@ use crate::signaling::Directory;
 
 /// Shared state of a node.
 pub struct Node {
-    pub config: Config,
+    /// The configuration in force: a reload swaps it while requests go on.
+    config: ArcSwap<Config>,
+    /// What the node derives from it.
+    derived: ArcSwap<Derived>,
+    /// The TURN REST secret when `ice.turn_secret` is empty.
+    fallback_turn_secret: String,
     pub membership: Membership,
     pub registry: Addr<RoomRegistry>,
     pub sessions: Directory,
     pub stats: ColliderStats,
-    pub apprtc: apprtc::Settings,
-    /// The TURN REST secret credentials are issued with (configured, or random per process).
-    pub turn_secret: String,
-    /// TURN URIs handed out (`{host}` left to fill).
-    pub turn_urls: Vec<String>,
     /// The built-in TURN server, when it runs.
     pub turn: Option<std::sync::Arc<crate::turn::Shared>>,
     pub started: Instant,
@@ -34,6 +36,30 @@ pub struct Node {
     pub joins: switchboard_proto::limits::PerSource,
     pub messages: switchboard_proto::limits::PerSource,
     draining: AtomicBool,
+    /// Re-reads the configuration on SIGHUP and `POST /admin/reload`.
+    pub reloader: crate::reload::Reloader,
+}
+
+/// What the node derives from its configuration; a reload recomputes it.
+pub struct Derived {
+    pub apprtc: apprtc::Settings,
+    /// The TURN REST secret credentials are issued with.
+    pub turn_secret: String,
+    /// TURN URIs handed out (`{host}` left to fill).
+    pub turn_urls: Vec<String>,
+}
+
+impl Derived {
+    /// `fallback_turn_secret` serves when `ice.turn_secret` is empty.
+    pub fn new(config: &Config, fallback_turn_secret: &str) -> Derived {
+        let turn_secret = if config.ice.turn_secret.is_empty() { fallback_turn_secret } else { &config.ice.turn_secret };
+        let turn_urls = if config.ice.turn_urls.is_empty() && config.turn.enabled {
+            crate::turn::TurnService::uris(config)
+        } else {
+            config.ice.turn_urls.clone()
+        };
+        Derived { apprtc: apprtc_settings(config), turn_secret: turn_secret.to_owned(), turn_urls }
+    }
 }
 
 impl Node {
@@ -41,27 +67,54 @@ impl Node {
         config: Config,
         membership: Membership,
         registry: Addr<RoomRegistry>,
-        turn_secret: String,
-        turn_urls: Vec<String>,
+        fallback_turn_secret: String,
         turn: Option<std::sync::Arc<crate::turn::Shared>>,
+        reloader: crate::reload::Reloader,
     ) -> Self {
-        let apprtc = apprtc_settings(&config);
         Node {
-            turn_secret,
-            turn_urls,
+            derived: ArcSwap::from_pointee(Derived::new(&config, &fallback_turn_secret)),
+            fallback_turn_secret,
             turn,
+            reloader,
             sessions: Directory::new(config.http.max_sessions, config.http.sessions_per_ip),
             minted: switchboard_proto::limits::PerSource::new(config.ice.credentials_per_minute, 60, 65_536, std::hash::RandomState::new()),
             joins: switchboard_proto::limits::PerSource::new(config.http.joins_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),
             messages: switchboard_proto::limits::PerSource::new(config.http.messages_per_second_per_ip, 1, 65_536, std::hash::RandomState::new()),
-            config,
+            config: ArcSwap::from_pointee(config),
             membership,
             registry,
             stats: ColliderStats::default(),
-            apprtc,
             started: Instant::now(),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// What the node derives from the configuration in force (TURN secret and URIs, AppRTC
+    /// settings).
+    pub fn derived(&self) -> Arc<Derived> {
+        self.derived.load_full()
+    }
+
+    /// Puts a reloaded configuration in force: every limit, secret and list read per request
+    /// or per new session, and the ones captured by the session table, the per-source limits
+    /// and the TURN server.
+    pub fn apply(&self, config: Config) {
+        let h = &config.http;
+        self.sessions.set_limits(h.max_sessions, h.sessions_per_ip);
+        self.joins.set_max(h.joins_per_second_per_ip);
+        self.messages.set_max(h.messages_per_second_per_ip);
+        self.minted.set_max(config.ice.credentials_per_minute);
+        let derived = Derived::new(&config, &self.fallback_turn_secret);
+        if let Some(t) = &self.turn {
+            t.reconfigure(&config.turn, &derived.turn_secret);
+        }
+        self.derived.store(Arc::new(derived));
+        self.config.store(Arc::new(config));
     }
 
     /// Whether the node is shutting down (not ready, refuses new work).
@@ -105,15 +158,16 @@ impl Node {
                 return placed;
             }
         }
-        if self.turn_urls.is_empty() {
+        let d = self.derived.load();
+        if d.turn_urls.is_empty() {
             return Vec::new();
         }
-        vec![self.turn_urls.iter().map(|u| u.replace("{host}", host)).collect()]
+        vec![d.turn_urls.iter().map(|u| u.replace("{host}", host)).collect()]
     }
 
     /// The AppRTC settings for one request: the live nodes change as the cluster does.
     pub fn apprtc_settings(&self) -> apprtc::Settings {
-        let mut s = self.apprtc.clone();
+        let mut s = self.derived.load().apprtc.clone();
         s.signaling_nodes = self.membership.live_nodes();
         s
     }

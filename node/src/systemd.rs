@@ -1,5 +1,6 @@
 //! Telling systemd how the node is (`Type=notify`): READY once every listener is bound, WATCHDOG
-//! for as long as the room registry answers, STOPPING when it drains. Outside systemd (no
+//! for as long as the room registry answers, RELOADING around a configuration reload, STOPPING
+//! when it drains. Outside systemd (no
 //! `NOTIFY_SOCKET`) every call does nothing.
 
 
@@ -11,6 +12,19 @@ use crate::rooms::{Heartbeat, RoomRegistry};
 
 /// The listeners are bound and the node takes work; `status` is shown by `systemctl status`.
 pub fn ready(status: &str) {
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A configuration reload begins (systemd wants the monotonic time with it).
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
+/// A configuration reload ended, applied or refused; `status` says which.
+pub fn reloaded(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 

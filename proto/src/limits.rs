@@ -3,6 +3,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 /// Counts events (failed logins, credentials minted, joins…) per source address and refuses a
@@ -13,7 +14,8 @@ use std::sync::Mutex;
 /// another takes it over: that can only forget the other's failures, never refuse an address
 /// that did not fail, and the keyed hash keeps attackers from choosing collisions.
 pub struct PerSource {
-    max_events: u32,
+    /// Changed live by a configuration reload.
+    max_events: AtomicU32,
     window_secs: u64,
     hasher: RandomState,
     stripes: Vec<Mutex<Vec<Slot>>>,
@@ -36,7 +38,12 @@ impl PerSource {
         let per_stripe = capacity.div_ceil(STRIPES).max(1);
         let empty = Slot { ip: None, start: 0, events: 0 };
         let stripes = (0..STRIPES).map(|_| Mutex::new(vec![empty; per_stripe])).collect();
-        PerSource { max_events, window_secs, hasher, stripes, per_stripe }
+        PerSource { max_events: AtomicU32::new(max_events), window_secs, hasher, stripes, per_stripe }
+    }
+
+    /// Changes the limit; counts already taken stay.
+    pub fn set_max(&self, max_events: u32) {
+        self.max_events.store(max_events, Ordering::Relaxed);
     }
 
     fn slot<R>(&self, ip: IpAddr, f: impl FnOnce(&mut Slot) -> R) -> R {
@@ -48,14 +55,14 @@ impl PerSource {
 
     /// Whether `ip` is still under its limit now.
     pub fn allowed(&self, ip: IpAddr, now_secs: u64) -> bool {
-        let (max, window) = (self.max_events, self.window_secs);
+        let (max, window) = (self.max_events.load(Ordering::Relaxed), self.window_secs);
         self.slot(ip, |s| s.ip != Some(ip) || now_secs >= s.start + window || s.events < max)
     }
 
     /// Counts one event from `ip` if it is still under its limit: `false` (and nothing
     /// counted) when it is over. One lookup, so two threads cannot both take the last slot.
     pub fn admit(&self, ip: IpAddr, now_secs: u64) -> bool {
-        let (max, window) = (self.max_events, self.window_secs);
+        let (max, window) = (self.max_events.load(Ordering::Relaxed), self.window_secs);
         self.slot(ip, |s| {
             if s.ip != Some(ip) || now_secs >= s.start + window {
                 *s = Slot { ip: Some(ip), start: now_secs, events: 0 };
@@ -81,7 +88,7 @@ impl PerSource {
 
 impl std::fmt::Debug for PerSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PerSource").field("max_events", &self.max_events).field("window_secs", &self.window_secs).finish()
+        f.debug_struct("PerSource").field("max_events", &self.max_events.load(Ordering::Relaxed)).field("window_secs", &self.window_secs).finish()
     }
 }
 
@@ -119,5 +126,17 @@ mod tests {
         assert!(l.allowed(ip("192.0.2.1"), 100));
         let last = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 99_999));
         assert!(!l.allowed(last, 100), "the latest failing source is remembered");
+    }
+
+    /// A reload changes the limit at once, for sources already counted too.
+    #[test]
+    fn limit_changes_live() {
+        let l = PerSource::new(1, 10, 64, RandomState::new());
+        let a = ip("192.0.2.1");
+        assert!(l.admit(a, 100) && !l.admit(a, 100));
+        l.set_max(3);
+        assert!(l.admit(a, 100) && l.admit(a, 100) && !l.admit(a, 100));
+        l.set_max(1);
+        assert!(!l.admit(a, 101), "a lowered limit holds back a source over it");
     }
 }

@@ -1,5 +1,5 @@
-//! The cluster admin API (bearer-token protected): read the cluster's status, add or remove a
-//! node. Disabled (403) unless `cluster.admin_token` is set.
+//! The admin API (bearer-token protected): the cluster's status and members, the rooms, a
+//! configuration reload. Disabled (403) unless `cluster.admin_token` is set.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -14,7 +14,7 @@ use crate::node::Node;
 /// `Err` is the response to send instead (403 when the admin API is off, else 401).
 #[allow(clippy::result_large_err)]
 fn authorised(req: &HttpRequest, node: &Node) -> Result<(), HttpResponse> {
-    let token = &node.config.cluster.admin_token;
+    let token = &node.config().cluster.admin_token;
     if token.is_empty() {
         return Err(HttpResponse::Forbidden().json(json!({"error": "admin API disabled: set cluster.admin_token"})));
     }
@@ -78,7 +78,7 @@ pub async fn add_node(req: HttpRequest, payload: web::Payload, node: web::Data<N
         return r;
     }
     // Read only once authorised, and by the deadline of every body.
-    let body = match crate::http::read_body(payload, 64 * 1024, node.config.http.body_timeout()).await {
+    let body = match crate::http::read_body(payload, 64 * 1024, node.config().http.body_timeout()).await {
         Ok(b) => b,
         Err(e) => return HttpResponse::build(e.status()).json(json!({"error": format!("request body: {e}")})),
     };
@@ -120,6 +120,19 @@ pub async fn remove_node(req: HttpRequest, path: web::Path<u64>, node: web::Data
     match c.remove_node(id).await {
         Ok(()) => HttpResponse::Ok().json(json!({"result": "removed", "id": id})),
         Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
+    }
+}
+
+/// `POST /admin/reload`: reads the configuration again, as SIGHUP does. 200 with the settings
+/// applied and those that need a restart; 400 when the new configuration is refused (the
+/// running one stays).
+pub async fn reload(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
+    if let Err(r) = authorised(&req, &node) {
+        return r;
+    }
+    match node.reloader.reload(&node) {
+        Ok(outcome) => HttpResponse::Ok().json(outcome),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": format!("{e:#}")})),
     }
 }
 

@@ -36,10 +36,11 @@ fn origin_allowed(origin: &str, req: &HttpRequest, node: &Node) -> bool {
         return true;
     }
     let mut own = node.membership.member_urls();
-    if let Some(c) = node.config.cluster.enabled.then_some(&node.config.cluster.public_url) {
-        own.push(c.clone());
+    let config = node.config();
+    if config.cluster.enabled {
+        own.push(config.cluster.public_url.clone());
     }
-    own.iter().chain(node.config.ice.allowed_origins.iter()).any(|o| o == "*" || origin_of(o) == origin)
+    own.iter().chain(config.ice.allowed_origins.iter()).any(|o| o == "*" || origin_of(o) == origin)
 }
 
 /// Why a credential request was refused.
@@ -77,7 +78,7 @@ pub fn check(req: &HttpRequest, node: &Node, key: Option<&str>) -> Result<Option
             return Err(Refused::Origin);
         }
     }
-    let want = &node.config.apprtc.ice_server_api_key;
+    let want = &node.config().apprtc.ice_server_api_key;
     if !want.is_empty() && !key.is_some_and(|k| constant_time_eq(k.as_bytes(), want.as_bytes())) {
         metrics::counter!("switchboard_errors_total", "kind" => "ice_key").increment(1);
         return Err(Refused::Key);

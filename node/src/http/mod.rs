@@ -63,6 +63,7 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig) {
         web::scope("/admin")
             .service(web::resource("/cluster/status").route(web::get().to(admin::status)))
             .service(web::resource("/rooms").route(web::get().to(admin::rooms)))
+            .service(web::resource("/reload").route(web::post().to(admin::reload)))
             .service(web::resource("/cluster/nodes").route(web::post().to(admin::add_node)))
             .service(web::resource("/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)))
             .service(web::resource("/cluster/nodes/{id}/promote").route(web::post().to(admin::promote_node))),

@@ -103,7 +103,7 @@ pub async fn message(
     if let Err(e) = validate_id(&client) {
         return bad_id("client", e);
     }
-    let body = match read_body(payload, node.config.http.max_message_bytes, node.config.http.body_timeout()).await {
+    let body = match read_body(payload, node.config().http.max_message_bytes, node.config().http.body_timeout()).await {
         Ok(b) => b,
         Err(e @ (BodyError::TooLarge(_) | BodyError::TooSlow(_))) => {
             warn!(%room, %client, "message refused: {e}");
@@ -207,13 +207,15 @@ pub async fn iceconfig(req: HttpRequest, q: web::Query<KeyQuery>, node: web::Dat
     };
     let conn_host = req.connection_info().host().to_owned();
     let host = host_name(&conn_host);
-    let ice = &node.config.ice;
+    let config = node.config();
+    let ice = &config.ice;
+    let secret = &node.derived().turn_secret;
     let mut servers: Vec<Value> = Vec::new();
     let sets = node.turn_uri_sets(host);
-    if !node.turn_secret.is_empty() && !sets.is_empty() {
+    if !secret.is_empty() && !sets.is_empty() {
         // One credential for every set: the secret is the same on every node.
         let user = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
-        let cred = credentials::issue(node.turn_secret.as_bytes(), Some(&user), now_ms() / 1000, ice.turn_ttl_secs);
+        let cred = credentials::issue(secret.as_bytes(), Some(&user), now_ms() / 1000, ice.turn_ttl_secs);
         for urls in sets {
             servers.push(json!({
                 "urls": urls,
@@ -249,17 +251,19 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         Ok(a) => a,
         Err(refused) => return refused.response(),
     };
-    let ice = &node.config.ice;
+    let config = node.config();
+    let ice = &config.ice;
+    let secret = &node.derived().turn_secret;
     let conn_host = req.connection_info().host().to_owned();
     let uris: Vec<String> = node.turn_uri_sets(host_name(&conn_host)).into_iter().flatten().collect();
-    if node.turn_secret.is_empty() || uris.is_empty() {
+    if secret.is_empty() || uris.is_empty() {
         return HttpResponse::NotFound().json(json!({ "error": "no TURN server is configured" }));
     }
     let user = q.username.as_deref().filter(|u| validate_id(u).is_ok());
     if q.username.is_some() && user.is_none() {
         return HttpResponse::BadRequest().json(json!({ "error": "username must match [A-Za-z0-9_-]{1,64}" }));
     }
-    let cred = credentials::issue(node.turn_secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
+    let cred = credentials::issue(secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
     ice_access::respond(
         allow,
         HttpResponse::Ok().json(json!({

@@ -18,9 +18,10 @@ pub struct Directory {
 }
 
 struct Inner {
-    max: usize,
+    /// The limits change live (a configuration reload); sessions over a lowered one stay.
+    max: AtomicUsize,
     open: AtomicUsize,
-    per_ip_max: usize,
+    per_ip_max: AtomicUsize,
     /// Open sessions per source address.
     per_ip: Mutex<OpenPerAddress>,
     addrs: Mutex<HashMap<SessionId, Addr<SignalingSession>>>,
@@ -55,9 +56,9 @@ impl Directory {
     pub fn new(max: usize, per_ip_max: usize) -> Self {
         Directory {
             inner: Arc::new(Inner {
-                max,
+                max: AtomicUsize::new(max),
                 open: AtomicUsize::new(0),
-                per_ip_max,
+                per_ip_max: AtomicUsize::new(per_ip_max),
                 per_ip: Mutex::new(OpenPerAddress::default()),
                 addrs: Mutex::new(HashMap::new()),
             }),
@@ -67,14 +68,20 @@ impl Directory {
     /// Takes a slot for a session from `ip`, unless the node or the address is at its limit.
     pub fn reserve(&self, ip: Option<IpAddr>) -> Result<Reservation, Full> {
         let inner = &self.inner;
-        inner.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < inner.max).then_some(n + 1)).map_err(|_| Full::Node)?;
+        inner.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < inner.max.load(Ordering::Relaxed)).then_some(n + 1)).map_err(|_| Full::Node)?;
         if let Some(ip) = ip {
-            if !inner.per_ip.lock().unwrap_or_else(|p| p.into_inner()).take(ip, inner.per_ip_max) {
+            if !inner.per_ip.lock().unwrap_or_else(|p| p.into_inner()).take(ip, inner.per_ip_max.load(Ordering::Relaxed)) {
                 inner.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Full::Address);
             }
         }
         Ok(Reservation { inner: inner.clone(), ip })
+    }
+
+    /// Changes the limits for sessions opened from now on.
+    pub fn set_limits(&self, max: usize, per_ip_max: usize) {
+        self.inner.max.store(max, Ordering::Relaxed);
+        self.inner.per_ip_max.store(per_ip_max, Ordering::Relaxed);
     }
 
     /// Open sessions.

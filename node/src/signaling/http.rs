@@ -56,7 +56,7 @@ pub async fn collider_handler(
     if *method == Method::DELETE {
         return delete(&node, room, client).await;
     }
-    let body = match read_body(payload, node.config.http.max_message_bytes, node.config.http.body_timeout()).await {
+    let body = match read_body(payload, node.config().http.max_message_bytes, node.config().http.body_timeout()).await {
         Ok(b) => b,
         Err(e @ BodyError::Read(_)) => {
             return error(&node, StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to read request body: {e}"));

@@ -47,6 +47,8 @@ pub struct SignalingSession {
     registered: Option<Registered>,
     registering: bool,
     backlog: VecDeque<Message>,
+    /// `http.session_send_queue` when the session opened.
+    send_queue: usize,
     writing: bool,
     close: Option<CloseReason>,
     close_sent: bool,
@@ -83,7 +85,9 @@ pub async fn ws_handler(
     };
     let (resp, ws, stream) = actix_ws::handle(&req, body)?;
     let conn = CloseOnDrop::of(&req);
-    let max = node.config.http.max_message_bytes;
+    let config = node.config();
+    let max = config.http.max_message_bytes;
+    let send_queue = config.http.session_send_queue;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     let id = SessionId::random();
     SignalingSession::create(move |ctx| {
@@ -96,6 +100,7 @@ pub async fn ws_handler(
             registered: None,
             registering: false,
             backlog: VecDeque::new(),
+            send_queue,
             writing: false,
             close: None,
             close_sent: false,
@@ -113,7 +118,7 @@ impl SignalingSession {
         if self.close.is_some() {
             return;
         }
-        if self.backlog.len() >= self.node.config.http.session_send_queue {
+        if self.backlog.len() >= self.send_queue {
             warn!(session = %self.id, "client does not read its socket; closing it");
             metrics::counter!("switchboard_errors_total", "kind" => "slow_consumer").increment(1);
             self.backlog.clear();
@@ -306,10 +311,10 @@ impl Actor for SignalingSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.node.config.http.session_send_queue);
+        ctx.set_mailbox_capacity(self.send_queue);
         // A socket that never registers holds a session slot for nothing (answering pings
         // keeps the heartbeat happy): it gets a deadline.
-        let within = Duration::from_secs(self.node.config.http.register_timeout_secs);
+        let within = Duration::from_secs(self.node.config().http.register_timeout_secs);
         ctx.run_later(within, move |act, ctx| {
             if act.registered.is_none() && !act.registering {
                 info!(session = %act.id, "socket closed: no register within {} s", within.as_secs());

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use actix::ArbiterHandle;
 use anyhow::{Context, Result};
 use switchboard_proto::turn::auth::UserDb;
-use switchboard_proto::turn::server::{AllocateRequest, TurnConfig, TurnServer};
+use switchboard_proto::turn::server::{Access, AllocateRequest, TurnConfig, TurnServer};
 use tracing::{info, warn};
 use turn_types::AddressFamily;
 
 use self::ports::PortPool;
 use self::quotas::QuotaTable;
 use self::udp::{Shard, ShardCmd, ShardHandle};
-use crate::config::Config;
+use crate::config::{Config, TurnSection};
 use switchboard_proto::turn::auth::FailureLimiter;
 
 /// Everything the data planes share.
@@ -35,13 +35,19 @@ pub struct Shared {
     pub external_v6: Option<Ipv6Addr>,
     /// Where `Allocation` actors live.
     pub arbiter: ArbiterHandle,
-    pub max_bps: u64,
+    /// `turn.max_bps` for allocations made from now on (a reload changes it).
+    pub max_bps: std::sync::atomic::AtomicU64,
     /// Failed logins per source address, one count across UDP, TCP and TLS.
     pub limiter: FailureLimiter,
     pub socket_buffer: usize,
 }
 
 impl Shared {
+    /// The bandwidth cap of a new allocation.
+    pub fn max_bps(&self) -> u64 {
+        self.max_bps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The address to advertise for a relay bound at `relay` (the external IP behind NAT).
     pub fn advertised(&self, relay: SocketAddr) -> SocketAddr {
         match relay.ip() {
@@ -152,6 +158,31 @@ fn shard_died(name: &str, msg: &str) {
     std::process::exit(70);
 }
 
+/// Who may use the TURN server, from `turn` settings and the REST `secret` in force: the
+/// secret, then `extra_secrets` (rotation), and the static users.
+fn access(t: &TurnSection, secret: &str) -> Access {
+    let mut users = UserDb { separator: ':', ..Default::default() };
+    users.rest_secrets.push(secret.as_bytes().to_vec());
+    users.rest_secrets.extend(t.extra_secrets.iter().map(|s| s.as_bytes().to_vec()));
+    for u in &t.users {
+        if let Some((name, pass)) = u.split_once(':') {
+            users.static_users.insert(name.to_owned(), pass.to_owned());
+        }
+    }
+    Access { users, allow_peers: t.allow_peers.iter().filter_map(|a| a.parse().ok()).collect() }
+}
+
+impl Shared {
+    /// Applies a reloaded configuration's live TURN settings: users and secrets, allowed
+    /// peers, quotas, the bandwidth cap of new allocations and the failed-login limit.
+    pub fn reconfigure(&self, t: &TurnSection, secret: &str) {
+        self.server.set_access(access(t, secret));
+        self.quotas.set_limits(t.max_allocations, t.user_quota);
+        self.max_bps.store(t.max_bps, std::sync::atomic::Ordering::Relaxed);
+        self.limiter.set_max(t.auth_failures_per_minute);
+    }
+}
+
 /// The running TURN server of a node.
 pub struct TurnService {
     pub shared: Arc<Shared>,
@@ -176,7 +207,7 @@ impl TurnService {
                 own.push(a);
             }
         }
-        let allow_peers = t.allow_peers.iter().filter_map(|a| a.parse().ok()).collect();
+        let access = access(t, &secret);
         let cfg = TurnConfig {
             realm: t.realm.clone(),
             software: t.software.clone(),
@@ -186,22 +217,14 @@ impl TurnService {
             channel_lifetime: 600,
             max_permissions: t.max_permissions,
             max_channels: t.max_channels,
-            allow_peers,
+            allow_peers: access.allow_peers,
             own_addrs: own,
             tcp_relay: t.tcp_relay,
             relay_v4: true,
             relay_v6: relay_v6.is_some(),
             nat_discovery: t.nat_discovery(),
         };
-        let mut users = UserDb { separator: ':', ..Default::default() };
-        users.rest_secrets.push(secret.as_bytes().to_vec());
-        users.rest_secrets.extend(t.extra_secrets.iter().map(|s| s.as_bytes().to_vec()));
-        for u in &t.users {
-            if let Some((name, pass)) = u.split_once(':') {
-                users.static_users.insert(name.to_owned(), pass.to_owned());
-            }
-        }
-        let server = Arc::new(TurnServer::new(cfg, users, nonce_secret, t.nonce_ttl_secs));
+        let server = Arc::new(TurnServer::new(cfg, access.users, nonce_secret, t.nonce_ttl_secs));
         let shared = Arc::new(Shared {
             server,
             quotas: Arc::new(QuotaTable::new(t.max_allocations, t.user_quota)),
@@ -211,7 +234,7 @@ impl TurnService {
             external_v4: t.external_ip.parse().ok(),
             external_v6: t.external_ip6.parse().ok(),
             arbiter,
-            max_bps: t.max_bps,
+            max_bps: t.max_bps.into(),
             limiter: FailureLimiter::new(t.auth_failures_per_minute, 60, 65_536, std::hash::RandomState::new()),
             socket_buffer: t.socket_buffer,
         });

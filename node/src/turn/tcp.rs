@@ -321,7 +321,7 @@ where
         if !inbuf.is_empty() {
             write_by_deadline(&mut peer, &inbuf).await?;
         }
-        let (up, down) = pipe(stream, peer, alive, Bucket::new(c.shared.max_bps)).await?;
+        let (up, down) = pipe(stream, peer, alive, Bucket::new(c.shared.max_bps())).await?;
         debug!(%client, up, down, "TCP relay connection closed");
     }
     Ok(())
@@ -564,7 +564,7 @@ impl Conn {
         let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| {
             Allocation::new(0, user, client, relay_addr, expires, expire, quotas)
         });
-        self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps), alive: watch::channel(()).0 });
+        self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps()), alive: watch::channel(()).0 });
         reply
     }
 }

@@ -452,7 +452,7 @@ impl Shard {
             gen,
             actor,
             tx: TxQueue::default(),
-            bucket: Bucket::new(self.shared.max_bps),
+            bucket: Bucket::new(self.shared.max_bps()),
         });
         self.by_client.insert((li as u8, ctx.client), slot);
         Ok(reply)

@@ -47,6 +47,7 @@ pub struct TurnConfig {
     /// Channels one allocation may hold.
     pub max_channels: usize,
     /// Peers allowed although special-purpose (e.g. 127.0.0.0/8 for tests, a private SFU).
+    /// The server takes it at start, beside its users; [`TurnServer::set_access`] changes both.
     pub allow_peers: Vec<IpNet>,
     /// The server's own addresses, never a peer (its listeners; an unspecified IP matches any).
     pub own_addrs: Vec<SocketAddr>,
@@ -207,6 +208,15 @@ pub enum Handled<'a> {
     ConnectionBind { id: u32, reply: Vec<u8>, username: String },
 }
 
+/// The part of a TURN server's settings a reload may change.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// REST secrets (rotation: the old ones stay until removed) and static users.
+    pub users: UserDb,
+    /// Peers allowed although special-purpose.
+    pub allow_peers: Vec<IpNet>,
+}
+
 /// Relay addresses of the other nodes of a cluster: their IP and relay port range.
 pub type ClusterRelays = Vec<(IpAddr, u16, u16)>;
 
@@ -215,7 +225,9 @@ pub type ClusterRelays = Vec<(IpAddr, u16, u16)>;
 pub struct TurnServer {
     /// Settings.
     pub cfg: TurnConfig,
-    users: UserDb,
+    /// Who may log in and which special-purpose peers they may reach: a configuration reload
+    /// replaces them while allocations go on.
+    access: std::sync::RwLock<Access>,
     nonces: Nonces,
     /// Relays of the cluster's nodes: allowed peers although private (relaying between nodes).
     cluster_relays: std::sync::RwLock<ClusterRelays>,
@@ -237,13 +249,24 @@ fn known_attribute(t: u16) -> bool {
 impl TurnServer {
     /// A server with its users and a nonce secret (share it between nodes so a nonce from one
     /// node is good on another behind the same name).
-    pub fn new(cfg: TurnConfig, users: UserDb, nonce_secret: Vec<u8>, nonce_ttl_secs: u64) -> Self {
+    pub fn new(mut cfg: TurnConfig, users: UserDb, nonce_secret: Vec<u8>, nonce_ttl_secs: u64) -> Self {
+        let allow_peers = std::mem::take(&mut cfg.allow_peers);
         TurnServer {
             cfg,
-            users,
+            access: std::sync::RwLock::new(Access { users, allow_peers }),
             nonces: Nonces::new(nonce_secret, nonce_ttl_secs),
             cluster_relays: std::sync::RwLock::new(Vec::new()),
         }
+    }
+
+    /// Replaces the users and allowed peers (a configuration reload). Allocations keep their
+    /// credentials until their next request, which is checked against the new users.
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = access;
+    }
+
+    fn access(&self) -> std::sync::RwLockReadGuard<'_, Access> {
+        self.access.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sets the relay addresses of the cluster's nodes (refreshed as nodes report).
@@ -434,7 +457,7 @@ impl TurnServer {
             return Handled::AuthFailed(Some(self.challenge(msg, ErrorCode::UNAUTHORIZED, ctx)));
         }
         let user = username.username();
-        let (algo, creds) = match self.users.verify(msg, user, &self.cfg.realm, ctx.now_secs()) {
+        let (algo, creds) = match self.access().users.verify(msg, user, &self.cfg.realm, ctx.now_secs()) {
             Ok(v) => v,
             Err(UserError::Unknown | UserError::Expired) => {
                 return Handled::AuthFailed(Some(self.challenge(msg, ErrorCode::UNAUTHORIZED, ctx)));
@@ -522,7 +545,7 @@ impl TurnServer {
         if !offered || (reservation.is_some() && msg.has_attribute(RequestedAddressFamily::TYPE)) {
             return Handled::Reply(self.error(msg, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, auth));
         }
-        let quota_key = self.users.quota_key(user, ctx.client.ip());
+        let quota_key = self.access().users.quota_key(user, ctx.client.ip());
         if quotas.may_allocate(&quota_key).is_err() {
             return Handled::Reply(self.error(msg, ErrorCode::ALLOCATION_QUOTA_REACHED, auth));
         }
@@ -653,7 +676,7 @@ impl TurnServer {
         if self.is_cluster_relay(peer) {
             return Ok(());
         }
-        check_peer(peer.ip(), &self.cfg.allow_peers).map_err(|_| ErrorCode::FORBIDDEN)
+        check_peer(peer.ip(), &self.access().allow_peers).map_err(|_| ErrorCode::FORBIDDEN)
     }
 
     /// Whether `peer` is one of this server's own listeners.

@@ -238,6 +238,32 @@ fn allocate_with_rest_and_static_credentials() {
     allocated(&s, &mut Client::new("alice", "wonderland"));
 }
 
+/// A reload rotates the REST secret: with the old one kept as an extra secret both log in,
+/// once it is dropped only the new one does; static users come and go the same way.
+#[test]
+fn access_changes_live() {
+    let s = server(false);
+    let limiter = FailureLimiter::new(100, 60, 100, RandomState::new());
+    let user = "1800003600:bob";
+    let logs_in = |pass: &str, name: &str| {
+        let mut c = Client::new(name, pass);
+        let first = reply(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)));
+        c.learn(&first);
+        matches!(s.handle(None, &Open, &limiter, &ctx(NOW), &allocate_request(&c)), Handled::Allocate(_))
+    };
+    let rotated = |secrets: Vec<&[u8]>| super::server::Access {
+        users: super::auth::UserDb { rest_secrets: secrets.into_iter().map(<[u8]>::to_vec).collect(), separator: ':', ..Default::default() },
+        allow_peers: vec![],
+    };
+    s.set_access(rotated(vec![b"south", SECRET]));
+    assert!(logs_in(&rest_password(b"south", user), user), "the new secret");
+    assert!(logs_in(&rest_password(SECRET, user), user), "the old secret, kept as an extra");
+    assert!(!logs_in("wonderland", "alice"), "a static user removed");
+    s.set_access(rotated(vec![b"south"]));
+    assert!(!logs_in(&rest_password(SECRET, user), user), "the old secret once dropped");
+    assert!(logs_in(&rest_password(b"south", user), user));
+}
+
 #[test]
 fn bad_password_and_expired_rest_username_get_401() {
     let s = server(false);
