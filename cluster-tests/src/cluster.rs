@@ -30,12 +30,15 @@ pub struct ClusterOptions {
     pub sets: Vec<String>,
     /// Learners beyond the three voters (nodes 4, 5, …).
     pub learners: usize,
+    /// Nodes after the learners that run, with empty data directories, without being members
+    /// (for tests that add them).
+    pub spare: usize,
 }
 
 impl Cluster {
     /// Starts three nodes and waits until they agree on a leader.
     pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
-        let total = 3 + opts.learners as u8;
+        let total = 3 + (opts.learners + opts.spare) as u8;
         let ips: Vec<Ipv4Addr> = (1..=total).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
         let http_port = free_port(&ips);
         let mut raft_port = free_port(&ips);
@@ -80,6 +83,7 @@ impl Cluster {
             spec.sets.extend(opts.sets.iter().cloned());
             nodes.push(spec);
         }
+        let spare = nodes.split_off(3 + opts.learners);
         let learners = nodes.split_off(3);
         // Start all three before waiting on any: node 1 needs a majority to elect itself.
         let started = futures_util::future::join_all(nodes.into_iter().map(NodeProcess::start)).await;
@@ -90,6 +94,9 @@ impl Cluster {
             let id = 4 + i;
             c.nodes.push(NodeProcess::start(spec).await?);
             c.add_member(leader as usize, id, "learner").await?;
+        }
+        for spec in spare {
+            c.nodes.push(NodeProcess::start(spec).await?);
         }
         Ok(c)
     }
@@ -183,11 +190,15 @@ impl Cluster {
         r.json().await.ok()
     }
 
-    /// The leader as the live nodes see it, once they agree.
+    /// The leader as the live members see it, once they agree.
     pub async fn leader(&self) -> Option<u64> {
         let mut seen = None;
         for n in 1..=self.nodes.len() {
             if let Some(s) = self.status(n).await {
+                if s["members"].as_array().is_some_and(|m| m.is_empty()) {
+                    // A spare node, not (yet) a member: it has no leader to agree on.
+                    continue;
+                }
                 let l = s["leader"].as_u64()?;
                 if seen.is_some_and(|x| x != l) {
                     return None;

@@ -27,6 +27,10 @@ async fn t13_health_ready_metrics() {
     a.expect_msg(WAIT).await.unwrap();
     let m = http.get("/metrics").await.unwrap();
     assert_eq!(m.status, 200);
+    // The start-up banner: what clients are given, and why others could not reach the node.
+    let log = n.log();
+    assert!(log.contains(&format!("advertised to clients public_url={}", n.base())), "{log}");
+    assert!(log.contains("only this machine can reach the node"), "{log}");
     for needle in [
         "switchboard_rooms 1",
         "switchboard_sessions 1",

@@ -153,8 +153,24 @@ async fn t14_reload_rotates_secrets_and_changes_limits_during_a_call() {
     assert_eq!(allocates(turn, &old).await, 401);
     flowing(&received).await;
 
+    // 4. `switchboard ctl reload`, with the admin token taken from the node's own file.
+    std::fs::write(&file, config("second-secret", &[], 4096, "info,switchboard=debug", 512)).unwrap();
+    let out = tokio::process::Command::new(cluster_tests::binary())
+        .args(["ctl", "--url", &n.base(), "--config"])
+        .arg(&file)
+        .arg("reload")
+        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.starts_with("applied: http.max_message_bytes\nnot applied: rooms.queue_cap (needs a restart"), "{printed}");
+    assert_eq!(http.post(&store, body.clone()).await.unwrap().status, 200, "3000 bytes fit the new cap");
+    flowing(&received).await;
+
     stop.store(true, Ordering::Relaxed);
     let (sent, got) = the_call.await.unwrap();
-    println!("the call exchanged {sent} messages across three reloads and two refused ones");
+    println!("the call exchanged {sent} messages across four reloads and two refused ones");
     assert_eq!(got, (0..sent).collect::<Vec<_>>(), "every message once, in order");
 }

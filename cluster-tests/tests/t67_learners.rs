@@ -37,7 +37,7 @@ async fn whole_call(clients: &mut Clients, na: usize, nb: usize) {
 
 #[tokio::test]
 async fn t67_learners_serve_calls_and_can_be_promoted() {
-    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()], learners: 2 })
+    let mut c = Cluster::start(ClusterOptions { sets: vec!["cluster.node_down_after_ms=600".into()], learners: 2, ..Default::default() })
         .await
         .unwrap();
     let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap() as usize;

@@ -35,6 +35,16 @@ pub struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Without a subcommand the node runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does besides running a node.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Operate a running node through its admin API.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// The whole configuration.

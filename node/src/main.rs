@@ -5,6 +5,7 @@
 //!
 //! ## Layout
 //! - `config`: TOML + environment + flags; `reload`: SIGHUP and `POST /admin/reload`.
+//! - `ctl/`: `switchboard ctl`, the admin API from a shell.
 //! - `membership`: the door to the room state machine (`switchboard-proto::rooms`).
 //! - `rooms/`: `RoomRegistry` and one `RoomActor` per room with a socket here.
 //! - `signaling/`: one `SignalingSession` actor per WebSocket, Collider's HTTP handlers.
@@ -17,8 +18,10 @@
 //! listeners within `http.shutdown_timeout_secs`.
 #![forbid(unsafe_code)]
 
+mod banner;
 mod cluster;
 mod config;
+mod ctl;
 mod http;
 mod logging;
 mod membership;
@@ -48,7 +51,10 @@ use crate::rooms::{now_ms, RoomRegistry};
 const TICK_INTERVAL: Duration = Duration::from_millis(200);
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(config::Command::Ctl(args)) = cli.command.take() {
+        std::process::exit(ctl::run(args));
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -163,6 +169,14 @@ async fn run(cli: Cli, config: Config, log: logging::LogFilter) -> Result<()> {
     }
 
     info!(node = config.node.id, "Switchboard listening on {scheme}://{listen}");
+    let ad = banner::Advertised::of(&config);
+    info!(
+        public_url = %ad.public_url, turn_uris = ?ad.turn_uris, relay_ip = ad.relay_ip.as_deref().unwrap_or("-"),
+        external_ip = ad.external_ip.as_deref().unwrap_or("-"), "advertised to clients"
+    );
+    for w in banner::warnings(&config) {
+        warn!("{w}");
+    }
     let example_room: String = format!("{:06}", rand::random::<u32>() % 1_000_000);
     info!("open {scheme}://{listen}/r/{example_room} in two browsers to start a call");
 
@@ -287,6 +301,7 @@ async fn shutdown_on_signal(node: web::Data<Node>, handles: Vec<actix_web::dev::
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = int.recv() => { info!("SIGINT: draining"); break }
+            _ = node.drain_requested.notified() => { info!("admin API: draining"); break }
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 info!("SIGHUP: reloading the configuration");
                 // The outcome is logged either way; a bad file leaves the node as it was.

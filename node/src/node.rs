@@ -36,6 +36,8 @@ pub struct Node {
     pub joins: switchboard_proto::limits::PerSource,
     pub messages: switchboard_proto::limits::PerSource,
     draining: AtomicBool,
+    /// The admin API asked for a drain (`shutdown_on_signal` waits on it beside the signals).
+    pub drain_requested: tokio::sync::Notify,
     /// Re-reads the configuration on SIGHUP and `POST /admin/reload`.
     pub reloader: crate::reload::Reloader,
 }
@@ -86,6 +88,7 @@ impl Node {
             stats: ColliderStats::default(),
             started: Instant::now(),
             draining: AtomicBool::new(false),
+            drain_requested: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,6 +123,11 @@ impl Node {
     /// Whether the node is shutting down (not ready, refuses new work).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Drains the node and stops it, as SIGTERM does.
+    pub fn request_drain(&self) {
+        self.drain_requested.notify_one();
     }
 
     /// Marks the node as shutting down.

@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
         Some(which @ ("three" | "five")) => {
             // Five: three voters and two learners (nodes 4 and 5).
             let learners = if which == "five" { 2 } else { 0 };
-            let c = Cluster::start(ClusterOptions { sets: args.sets.clone(), learners }).await?;
+            let c = Cluster::start(ClusterOptions { sets: args.sets.clone(), learners, ..Default::default() }).await?;
             let t = (1..=3 + learners).map(|n| Target::new(&c.base(n))).collect();
             cluster = Some(c);
             (t, Some(ADMIN_TOKEN.into()))

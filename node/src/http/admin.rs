@@ -1,5 +1,5 @@
-//! The admin API (bearer-token protected): the cluster's status and members, the rooms, a
-//! configuration reload. Disabled (403) unless `cluster.admin_token` is set.
+//! The cluster admin API (bearer-token protected): the cluster's status and members, the rooms.
+//! Disabled (403) unless `cluster.admin_token` is set; `admin_node` has one node's operations.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,7 +13,7 @@ use crate::node::Node;
 
 /// `Err` is the response to send instead (403 when the admin API is off, else 401).
 #[allow(clippy::result_large_err)]
-fn authorised(req: &HttpRequest, node: &Node) -> Result<(), HttpResponse> {
+pub(super) fn authorised(req: &HttpRequest, node: &Node) -> Result<(), HttpResponse> {
     let token = &node.config().cluster.admin_token;
     if token.is_empty() {
         return Err(HttpResponse::Forbidden().json(json!({"error": "admin API disabled: set cluster.admin_token"})));
@@ -44,10 +44,15 @@ pub async fn status(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
     if let Err(r) = authorised(&req, &node) {
         return r;
     }
-    match node.membership.as_cluster() {
-        Some(c) => HttpResponse::Ok().json(c.status()),
-        None => not_clustered(),
+    let Some(c) = node.membership.as_cluster() else { return not_clustered() };
+    // With what this node advertises and warns about, as its start-up banner says.
+    let mut status = serde_json::to_value(c.status()).unwrap_or_default();
+    let config = node.config();
+    if let Some(o) = status.as_object_mut() {
+        o.insert("advertised".into(), serde_json::to_value(crate::banner::Advertised::of(&config)).unwrap_or_default());
+        o.insert("warnings".into(), json!(crate::banner::warnings(&config)));
     }
+    HttpResponse::Ok().json(status)
 }
 
 #[derive(Deserialize)]
@@ -120,19 +125,6 @@ pub async fn remove_node(req: HttpRequest, path: web::Path<u64>, node: web::Data
     match c.remove_node(id).await {
         Ok(()) => HttpResponse::Ok().json(json!({"result": "removed", "id": id})),
         Err(e) => HttpResponse::Conflict().json(json!({"error": e})),
-    }
-}
-
-/// `POST /admin/reload`: reads the configuration again, as SIGHUP does. 200 with the settings
-/// applied and those that need a restart; 400 when the new configuration is refused (the
-/// running one stays).
-pub async fn reload(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
-    if let Err(r) = authorised(&req, &node) {
-        return r;
-    }
-    match node.reloader.reload(&node) {
-        Ok(outcome) => HttpResponse::Ok().json(outcome),
-        Err(e) => HttpResponse::BadRequest().json(json!({"error": format!("{e:#}")})),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and operations endpoints. Room-server routes come first; every other path is Collider's.
 
 pub mod admin;
+pub mod admin_node;
 pub mod close;
 pub mod ice_access;
 pub mod ops;
@@ -63,7 +64,15 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig) {
         web::scope("/admin")
             .service(web::resource("/cluster/status").route(web::get().to(admin::status)))
             .service(web::resource("/rooms").route(web::get().to(admin::rooms)))
-            .service(web::resource("/reload").route(web::post().to(admin::reload)))
+            .service(web::resource("/status").route(web::get().to(admin_node::status)))
+            .service(web::resource("/sessions").route(web::get().to(admin_node::sessions)))
+            .service(web::resource("/sessions/{id}").route(web::delete().to(admin_node::kick_session)))
+            .service(web::resource("/allocations").route(web::get().to(admin_node::allocations)))
+            .service(web::resource("/allocations/{id}").route(web::delete().to(admin_node::kick_allocation)))
+            .service(web::resource("/rooms/{room}/clients/{client}").route(web::delete().to(admin_node::kick_client)))
+            .service(web::resource("/drain").route(web::post().to(admin_node::drain)))
+            .service(web::resource("/credentials").route(web::post().to(admin_node::credentials)))
+            .service(web::resource("/reload").route(web::post().to(admin_node::reload)))
             .service(web::resource("/cluster/nodes").route(web::post().to(admin::add_node)))
             .service(web::resource("/cluster/nodes/{id}").route(web::delete().to(admin::remove_node)))
             .service(web::resource("/cluster/nodes/{id}/promote").route(web::post().to(admin::promote_node))),

@@ -251,28 +251,29 @@ pub async fn turn_rest(req: HttpRequest, q: web::Query<TurnQuery>, node: web::Da
         Ok(a) => a,
         Err(refused) => return refused.response(),
     };
-    let config = node.config();
-    let ice = &config.ice;
-    let secret = &node.derived().turn_secret;
-    let conn_host = req.connection_info().host().to_owned();
-    let uris: Vec<String> = node.turn_uri_sets(host_name(&conn_host)).into_iter().flatten().collect();
-    if secret.is_empty() || uris.is_empty() {
-        return HttpResponse::NotFound().json(json!({ "error": "no TURN server is configured" }));
-    }
     let user = q.username.as_deref().filter(|u| validate_id(u).is_ok());
     if q.username.is_some() && user.is_none() {
         return HttpResponse::BadRequest().json(json!({ "error": "username must match [A-Za-z0-9_-]{1,64}" }));
     }
-    let cred = credentials::issue(secret.as_bytes(), user, now_ms() / 1000, ice.turn_ttl_secs);
-    ice_access::respond(
-        allow,
-        HttpResponse::Ok().json(json!({
-            "username": cred.username,
-            "password": cred.password,
-            "ttl": ice.turn_ttl_secs,
-            "uris": uris,
-        })),
-    )
+    match rest_credentials(&req, &node, user, None) {
+        Some(cred) => ice_access::respond(allow, HttpResponse::Ok().json(cred)),
+        None => HttpResponse::NotFound().json(json!({ "error": "no TURN server is configured" })),
+    }
+}
+
+/// TURN REST credentials for `user` (or a made-up one) valid for `ttl` seconds (or
+/// `ice.turn_ttl_secs`), with the URIs to use them on, as `/turn` answers them; `None` without a
+/// TURN server to use them on.
+pub fn rest_credentials(req: &HttpRequest, node: &Node, user: Option<&str>, ttl: Option<u64>) -> Option<Value> {
+    let ttl = ttl.unwrap_or(node.config().ice.turn_ttl_secs);
+    let secret = &node.derived().turn_secret;
+    let conn_host = req.connection_info().host().to_owned();
+    let uris: Vec<String> = node.turn_uri_sets(host_name(&conn_host)).into_iter().flatten().collect();
+    if secret.is_empty() || uris.is_empty() {
+        return None;
+    }
+    let cred = credentials::issue(secret.as_bytes(), user, now_ms() / 1000, ttl);
+    Some(json!({ "username": cred.username, "password": cred.password, "ttl": ttl, "uris": uris }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The node's open WebSocket sessions: a bounded count, in all and per source address (the
-//! connection limits of signaling), and their addresses, so shutdown can tell each to close with 1001.
+//! connection limits of signaling), and their addresses, so shutdown can tell each to close with
+//! 1001 and the admin API can list them and close one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use actix::Addr;
 use switchboard_proto::rooms::SessionId;
 
-use super::session::{GoingAway, SignalingSession};
+use serde::Serialize;
+
+use super::session::{GoingAway, Kick, SignalingSession};
 use crate::http::per_ip::OpenPerAddress;
 
 /// Open sessions, bounded.
@@ -24,7 +27,24 @@ struct Inner {
     per_ip_max: AtomicUsize,
     /// Open sessions per source address.
     per_ip: Mutex<OpenPerAddress>,
-    addrs: Mutex<HashMap<SessionId, Addr<SignalingSession>>>,
+    addrs: Mutex<HashMap<SessionId, Entry>>,
+}
+
+struct Entry {
+    addr: Addr<SignalingSession>,
+    view: SessionView,
+}
+
+/// What the admin API shows of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    /// The TCP peer.
+    pub remote: Option<std::net::SocketAddr>,
+    pub opened_unix_ms: u64,
+    /// Set once the socket registered.
+    pub room: Option<String>,
+    pub client: Option<String>,
 }
 
 /// A slot held by a session for its whole life; dropping it frees the slot.
@@ -89,8 +109,34 @@ impl Directory {
         self.inner.open.load(Ordering::Acquire)
     }
 
-    pub(super) fn insert(&self, id: SessionId, addr: Addr<SignalingSession>) {
-        self.lock().insert(id, addr);
+    pub(super) fn insert(&self, id: SessionId, addr: Addr<SignalingSession>, remote: Option<std::net::SocketAddr>) {
+        let view = SessionView { id: id.to_string(), remote, opened_unix_ms: crate::rooms::now_ms(), room: None, client: None };
+        self.lock().insert(id, Entry { addr, view });
+    }
+
+    /// Notes the room and client a session registered as.
+    pub(super) fn registered(&self, id: SessionId, room: &str, client: &str) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.view.room = Some(room.to_owned());
+            e.view.client = Some(client.to_owned());
+        }
+    }
+
+    /// Up to `limit` sessions, those of `room` only if given, oldest first; and how many match.
+    pub fn list(&self, room: Option<&str>, limit: usize) -> (usize, Vec<SessionView>) {
+        let mut all: Vec<SessionView> =
+            self.lock().values().filter(|e| room.is_none() || e.view.room.as_deref() == room).map(|e| e.view.clone()).collect();
+        all.sort_by(|a, b| (a.opened_unix_ms, &a.id).cmp(&(b.opened_unix_ms, &b.id)));
+        let total = all.len();
+        all.truncate(limit);
+        (total, all)
+    }
+
+    /// Closes the session `id` (1008, "closed by the operator"); whether it was open.
+    pub fn kick(&self, id: &str) -> bool {
+        let Ok(id) = id.parse::<uuid::Uuid>() else { return false };
+        let addr = self.lock().get(&SessionId(id)).map(|e| e.addr.clone());
+        addr.inspect(|a| a.do_send(Kick)).is_some()
     }
 
     pub(super) fn remove(&self, id: SessionId) {
@@ -99,14 +145,14 @@ impl Directory {
 
     /// Tells every session to close with 1001 Going Away.
     pub fn going_away(&self) -> usize {
-        let addrs: Vec<_> = self.lock().values().cloned().collect();
+        let addrs: Vec<_> = self.lock().values().map(|e| e.addr.clone()).collect();
         for a in &addrs {
             a.do_send(GoingAway);
         }
         addrs.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Addr<SignalingSession>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
         self.inner.addrs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -33,6 +33,11 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 #[rtype(result = "()")]
 pub struct GoingAway;
 
+/// An operator closes the session (`DELETE /admin/sessions/{id}`): 1008.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Kick;
+
 struct Registered {
     room: String,
     client: String,
@@ -69,7 +74,8 @@ pub async fn ws_handler(
     if node.is_draining() {
         return Ok(HttpResponse::ServiceUnavailable().body("node is shutting down\n"));
     }
-    let ip = req.peer_addr().map(|a| a.ip());
+    let remote = req.peer_addr();
+    let ip = remote.map(|a| a.ip());
     let slot = match node.sessions.reserve(ip) {
         Ok(slot) => slot,
         Err(Full::Node) => {
@@ -92,7 +98,7 @@ pub async fn ws_handler(
     let id = SessionId::random();
     SignalingSession::create(move |ctx| {
         ctx.add_stream(stream);
-        node.sessions.insert(id, ctx.address());
+        node.sessions.insert(id, ctx.address(), remote);
         SignalingSession {
             id,
             node,
@@ -291,6 +297,7 @@ impl SignalingSession {
                     Ok(Ok(addr)) => {
                         debug!(session = %act.id, %room, %client, "registered");
                         act.node.stats.registered();
+                        act.node.sessions.registered(act.id, &room, &client);
                         act.registered = Some(Registered { room, client, addr });
                     }
                     Ok(Err(e)) => act.send_error(&e.to_string(), true, ctx),
@@ -388,6 +395,15 @@ impl Handler<ToSession> for SignalingSession {
                 self.close_with(CloseCode::Normal, "", ctx);
             }
         }
+    }
+}
+
+impl Handler<Kick> for SignalingSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
+        info!(session = %self.id, "session closed by the operator");
+        self.close_with(CloseCode::Policy, "closed by the operator", ctx);
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::debug;
 
-use super::quotas::QuotaTable;
+use super::directory::AllocationView;
+use super::Shared;
 use crate::rooms::now_ms;
 
 /// Identifies an allocation within its data plane.
@@ -40,23 +41,19 @@ pub struct Allocation {
     relay: SocketAddr,
     expires_ms: u64,
     expire: ExpireFn,
-    quotas: Arc<QuotaTable>,
+    shared: Arc<Shared>,
+    /// What the admin API lists, and its id there once started.
+    view: AllocationView,
+    listed: u64,
     timer: Option<SpawnHandle>,
 }
 
 impl Allocation {
-    /// The allocation `id` counted against `quota_key`; the quota is already taken and is given back when
-    /// the actor stops.
-    pub fn new(
-        id: AllocId,
-        quota_key: String,
-        client: SocketAddr,
-        relay: SocketAddr,
-        expires_ms: u64,
-        expire: ExpireFn,
-        quotas: Arc<QuotaTable>,
-    ) -> Self {
-        Allocation { id, quota_key, client, relay, expires_ms, expire, quotas, timer: None }
+    /// The allocation `id` of its data plane, counted against `quota_key`; the quota is
+    /// already taken and is given back when the actor stops.
+    pub fn new(id: AllocId, quota_key: String, view: AllocationView, expire: ExpireFn, shared: Arc<Shared>) -> Self {
+        let (client, relay, expires_ms) = (view.client, view.relay, view.expires_unix_ms);
+        Allocation { id, quota_key, client, relay, expires_ms, expire, shared, view, listed: 0, timer: None }
     }
 
     fn arm(&mut self, ctx: &mut Context<Self>) {
@@ -77,11 +74,13 @@ impl Actor for Allocation {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::counter!("switchboard_turn_allocations_total").increment(1);
+        self.listed = self.shared.allocations.insert(self.view.clone(), self.expire.clone(), self.id);
         self.arm(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.quotas.release(&self.quota_key);
+        self.shared.allocations.remove(self.listed);
+        self.shared.quotas.release(&self.quota_key);
     }
 }
 
@@ -90,6 +89,7 @@ impl Handler<Refreshed> for Allocation {
 
     fn handle(&mut self, msg: Refreshed, ctx: &mut Context<Self>) {
         self.expires_ms = msg.expires_ms;
+        self.shared.allocations.refreshed(self.listed, msg.expires_ms);
         self.arm(ctx);
     }
 }

@@ -3,6 +3,7 @@
 //! logic is `switchboard_proto::turn`.
 
 pub mod allocation;
+pub mod directory;
 pub mod ports;
 pub mod quotas;
 pub mod tcp;
@@ -15,7 +16,7 @@ use actix::ArbiterHandle;
 use anyhow::{Context, Result};
 use switchboard_proto::turn::auth::UserDb;
 use switchboard_proto::turn::server::{Access, AllocateRequest, TurnConfig, TurnServer};
-use tracing::{info, warn};
+use tracing::info;
 use turn_types::AddressFamily;
 
 use self::ports::PortPool;
@@ -28,6 +29,8 @@ use switchboard_proto::turn::auth::FailureLimiter;
 pub struct Shared {
     pub server: Arc<TurnServer>,
     pub quotas: Arc<QuotaTable>,
+    /// The live allocations, for the admin API.
+    pub allocations: directory::AllocationDirectory,
     pub ports: PortPool,
     pub relay_v4: Ipv4Addr,
     pub relay_v6: Option<Ipv6Addr>,
@@ -228,6 +231,7 @@ impl TurnService {
         let shared = Arc::new(Shared {
             server,
             quotas: Arc::new(QuotaTable::new(t.max_allocations, t.user_quota)),
+            allocations: directory::AllocationDirectory::default(),
             ports: PortPool::new(t.min_port, t.max_port),
             relay_v4,
             relay_v6,
@@ -262,9 +266,6 @@ impl TurnService {
             listen = ?t.listen, tls = ?t.tls_listen, relay = %relay_desc, ports = %format!("{}-{}", t.min_port, t.max_port),
             threads, "STUN/TURN server running"
         );
-        if t.allow_peers.iter().any(|p| p.starts_with("127.") || p == "::1/128") {
-            warn!("turn.allow_peers lets the relay reach loopback addresses: for local testing only");
-        }
         Ok(TurnService { shared, shards })
     }
 

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, Gone, Refreshed};
+use super::directory::AllocationView;
 use super::{Bucket, Shared};
 use crate::config::Config;
 use crate::rooms::now_ms;
@@ -560,10 +561,8 @@ impl Conn {
         let expire: super::allocation::ExpireFn = Arc::new(move |_| {
             let _ = tx.send(());
         });
-        let (user, client, expires, quotas) = (req.quota_key.clone(), ctx.client, state.expires_ms, shared.quotas.clone());
-        let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| {
-            Allocation::new(0, user, client, relay_addr, expires, expire, quotas)
-        });
+        let (plane, user, view) = (shared.clone(), req.quota_key.clone(), AllocationView::of(&state));
+        let actor = Allocation::start_in_arbiter(&shared.arbiter, move |_| Allocation::new(0, user, view, expire, plane));
         self.alloc = Some(ConnAlloc { state, relay, actor, bucket: Bucket::new(shared.max_bps()), alive: watch::channel(()).0 });
         reply
     }

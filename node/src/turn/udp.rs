@@ -23,6 +23,7 @@ use switchboard_proto::turn::{AllocationState, ClientTransport};
 use tracing::{debug, error, info, warn};
 
 use super::allocation::{AllocId, Allocation, Gone, Refreshed};
+use super::directory::AllocationView;
 use super::{Bucket, Shared};
 use crate::rooms::now_ms;
 
@@ -438,12 +439,9 @@ impl Shard {
         let id = pack(self.id, gen, slot);
         let handle = self.handle.clone();
         let expire: super::allocation::ExpireFn = Arc::new(move |id| handle.send(ShardCmd::Expire(id)));
-        let quotas = self.shared.quotas.clone();
-        let (user, client, expires) = (req.quota_key.clone(), ctx.client, state.expires_ms);
-        let actor = Allocation::start_in_arbiter(&self.shared.arbiter, move |_| {
-            Allocation::new(id, user, client, relay_addr, expires, expire, quotas)
-        });
-        debug!(%client, relay = %relay_addr, "allocation created");
+        let (shared, user, view) = (self.shared.clone(), req.quota_key.clone(), AllocationView::of(&state));
+        let actor = Allocation::start_in_arbiter(&self.shared.arbiter, move |_| Allocation::new(id, user, view, expire, shared));
+        debug!(client = %ctx.client, relay = %relay_addr, "allocation created");
         entry.insert(Relay {
             state,
             sock,
