@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Switchboard's tests use from Debian: headless Chromium and its WebDriver for the
 # browser tests, coturn's turnutils_* as reference TURN clients, systemd-analyze to check the unit
-# file, iproute2/nftables/iptables for
+# file, Prometheus and promtool to check the alert rules and scrape a node, iproute2/nftables/iptables for
 # network namespaces and NAT; from crates.io cargo-nextest (the test runner) and cargo-deny (the
 # dependency policy in deny.toml). Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -15,6 +15,7 @@ command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v cargo-nextest >/dev/null && nextest=1 || nextest=0
 command -v cargo-deny >/dev/null && deny=1 || deny=0
 

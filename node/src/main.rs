@@ -28,6 +28,7 @@ mod membership;
 mod node;
 mod reload;
 mod rooms;
+mod setup_times;
 mod signaling;
 mod systemd;
 mod turn;

@@ -70,7 +70,12 @@ impl Membership {
                 self.dispatch(effects, applied.effects);
                 Ok(applied.outcome)
             }
-            Backend::Cluster(c) => c.propose(ClusterCommand::Room(cmd)).await,
+            Backend::Cluster(c) => {
+                let started = std::time::Instant::now();
+                let result = c.propose(ClusterCommand::Room(cmd)).await;
+                metrics::histogram!("switchboard_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+                result
+            }
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Node {
     pub minted: switchboard_proto::limits::PerSource,
     pub joins: switchboard_proto::limits::PerSource,
     pub messages: switchboard_proto::limits::PerSource,
+    /// Join times, for the call set-up histogram.
+    pub setup_times: crate::setup_times::SetupTimes,
     draining: AtomicBool,
     /// The admin API asked for a drain (`shutdown_on_signal` waits on it beside the signals).
     pub drain_requested: tokio::sync::Notify,
@@ -87,6 +89,7 @@ impl Node {
             registry,
             stats: ColliderStats::default(),
             started: Instant::now(),
+            setup_times: Default::default(),
             draining: AtomicBool::new(false),
             drain_requested: tokio::sync::Notify::new(),
         }

@@ -47,9 +47,13 @@ pub async fn join(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     let info = request_info(&req);
     let client = generate_client_id();
     let cmd = Command::Join { room: room.clone(), client: client.clone(), loopback: info.loopback(), now_ms: now_ms() };
-    let response = match node.membership.propose(cmd).await {
+    let started = std::time::Instant::now();
+    let outcome = node.membership.propose(cmd).await;
+    metrics::histogram!("switchboard_join_seconds").record(started.elapsed().as_secs_f64());
+    let response = match outcome {
         Ok(Outcome::Join(JoinOutcome::Joined { initiator, messages })) => {
             debug!(%room, %client, initiator, "joined");
+            node.setup_times.joined(&room, &client);
             let params = room_params(&node.apprtc_settings(), &info, Some(&room)).for_join(&room, &client, initiator, messages);
             JoinResponse::success(&params)
         }

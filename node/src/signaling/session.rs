@@ -298,6 +298,9 @@ impl SignalingSession {
                         debug!(session = %act.id, %room, %client, "registered");
                         act.node.stats.registered();
                         act.node.sessions.registered(act.id, &room, &client);
+                        if let Some(took) = act.node.setup_times.registered(&room, &client) {
+                            metrics::histogram!("switchboard_call_setup_seconds").record(took.as_secs_f64());
+                        }
                         act.registered = Some(Registered { room, client, addr });
                     }
                     Ok(Err(e)) => act.send_error(&e.to_string(), true, ctx),
