@@ -5,7 +5,7 @@ mod registry;
 mod room;
 
 pub use registry::{ApplyEffects, Heartbeat, RebindAll, RegisterSession, RoomRegistry, ToRoom};
-pub use room::{now_ms, Attach, Detach, Flush, Relay, RoomActor};
+pub use room::{now_ms, Attach, Detach, Flush, Relay, Release, RoomActor};
 
 use actix::{Message, Recipient};
 
@@ -17,6 +17,9 @@ pub enum ToSession {
     Deliver(String),
     /// Close the socket: the client was removed (Collider `DELETE`) or evicted.
     Close,
+    /// Close with 1001 Going Away: the node drains and has released the client's binding, so
+    /// it registers elsewhere at once and messages sent to it meanwhile wait in its queue.
+    GoAway,
 }
 
 /// A session of a room on this node.

@@ -73,6 +73,30 @@ pub struct Detach {
     pub session: SessionId,
 }
 
+/// The node drains: release the session's binding, then tell the session to go away.
+///
+/// Closing first and releasing after (as a socket's own end does) would leave the client bound
+/// to a dead socket for a moment, and messages routed to it straight (no log entry) in that
+/// moment would be written to nothing. Released first, the state queues what is sent to the
+/// client from then on, for its next socket, while whatever was already routed to this socket
+/// still reaches it during [`RELEASE_LINGER`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub session: SessionId,
+}
+
+/// The release of a session's binding has been applied (or failed).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Released {
+    session: SessionId,
+}
+
+/// How long a released socket stays open for messages routed to it before the release was
+/// applied on every node (a follower applies a commit within a heartbeat or two).
+const RELEASE_LINGER: Duration = Duration::from_millis(250);
+
 /// A `send` frame from a registered session.
 /// Answers once everything `session` has sent so far is on its way to the peer (written,
 /// forwarded or applied by the log). A socket that the client closes waits for it before it
@@ -190,6 +214,8 @@ struct Local {
     registering: bool,
     /// A check against the state came while it registered: check again once it has.
     recheck: bool,
+    /// Its binding is being released before it closes (see [`Release`]): not registered again.
+    leaving: bool,
 }
 
 /// A direct delivery waiting for the effects before it.
@@ -387,7 +413,7 @@ impl RoomActor {
         let open: Vec<(SessionId, String)> = self
             .sessions
             .iter()
-            .filter(|(_, l)| l.open && !l.registering)
+            .filter(|(_, l)| l.open && !l.registering && !l.leaving)
             .map(|(s, l)| (*s, l.client.clone()))
             .collect();
         for (session, client) in open {
@@ -440,6 +466,7 @@ impl Handler<Attach> for RoomActor {
                 flushed: Vec::new(),
                 registering: true,
                 recheck: false,
+                leaving: false,
             },
         );
         let (room, client) = (self.name.clone(), msg.client.clone());
@@ -528,6 +555,41 @@ impl Handler<Detach> for RoomActor {
         });
         // What the socket sent before it closed still goes out.
         self.pump(msg.session, ctx);
+    }
+}
+
+impl Handler<Release> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
+        let Some(local) = self.sessions.get_mut(&msg.session).filter(|l| l.open && !l.leaving) else { return };
+        local.leaving = true;
+        let cmd = Command::Unbind {
+            room: self.name.clone(),
+            client: local.client.clone(),
+            at: self.binding(msg.session),
+            now_ms: now_ms(),
+        };
+        let membership = self.membership.clone();
+        let me = ctx.address();
+        actix::spawn(async move {
+            if let Err(e) = membership.propose(cmd).await {
+                warn!(error = %e, "could not release a draining socket's binding; closing it anyway");
+            }
+            me.do_send(Released { session: msg.session });
+        });
+    }
+}
+
+impl Handler<Released> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Released, ctx: &mut Context<Self>) {
+        ctx.run_later(RELEASE_LINGER, move |act, _| {
+            if let Some(local) = act.sessions.get(&msg.session).filter(|l| l.open) {
+                local.to.do_send(ToSession::GoAway);
+            }
+        });
     }
 }
 

@@ -18,12 +18,15 @@ use tracing::{debug, info, warn};
 use super::directory::{Full, Reservation};
 use crate::http::close::CloseOnDrop;
 use crate::node::Node;
-use crate::rooms::{Attach, Detach, Flush, RegisterSession, Relay, RoomActor, ToSession};
+use crate::rooms::{Attach, Detach, Flush, RegisterSession, Relay, Release, RoomActor, ToSession};
 
 /// How often a session pings its client.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// A client silent for this long (no frame, no pong) is dropped.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a draining node's socket waits for its room to release it before it closes anyway.
+const GO_AWAY_WITHIN: Duration = Duration::from_secs(3);
 
 /// How long a close from the client waits for the room to take what the socket sent.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -390,6 +393,7 @@ impl Handler<ToSession> for SignalingSession {
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
             ToSession::Deliver(m) => self.push(Message::Text(collider::message_frame(&m).into()), ctx),
+            ToSession::GoAway => self.close_with(CloseCode::Away, "server shutting down", ctx),
             ToSession::Close => {
                 // Removed by DELETE: the client is no longer registered here.
                 if self.registered.take().is_some() {
@@ -414,6 +418,14 @@ impl Handler<GoingAway> for SignalingSession {
     type Result = ();
 
     fn handle(&mut self, _: GoingAway, ctx: &mut Context<Self>) {
-        self.close_with(CloseCode::Away, "server shutting down", ctx);
+        match &self.registered {
+            // The room releases the client's binding first, then says `GoAway`; should it not
+            // (its proposal hangs without a majority), the socket closes all the same.
+            Some(reg) => {
+                reg.addr.do_send(Release { session: self.id });
+                ctx.run_later(GO_AWAY_WITHIN, |act, ctx| act.close_with(CloseCode::Away, "server shutting down", ctx));
+            }
+            None => self.close_with(CloseCode::Away, "server shutting down", ctx),
+        }
     }
 }
