@@ -82,6 +82,27 @@ impl Browser {
         Ok(())
     }
 
+    /// Clicks the element `css` selects as a user would (a user gesture, which fullscreen needs).
+    pub async fn click(&self, css: &str) -> Result<()> {
+        self.driver.find(By::Css(css)).await?.click().await?;
+        Ok(())
+    }
+
+    /// Types `key` into the page (its keydown handlers see it).
+    pub async fn press(&self, key: &str) -> Result<()> {
+        self.driver.find(By::Css("body")).await?.send_keys(key).await?;
+        Ok(())
+    }
+
+    /// Saves a PNG of the page as `target/screenshots/{name}.png`; returns the path.
+    pub async fn screenshot(&self, name: &str) -> Result<std::path::PathBuf> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.png"));
+        self.driver.screenshot(&path).await?;
+        Ok(path)
+    }
+
     /// Evaluates `return (expr)` in the page.
     pub async fn eval(&self, expr: &str) -> Result<Value> {
         let r = self.driver.execute(format!("return ({expr});"), Vec::<Value>::new()).await?;

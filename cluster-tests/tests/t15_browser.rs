@@ -122,3 +122,87 @@ async fn t15_browser_receive_only_peer() {
     a.quit().await;
     b.quit().await;
 }
+
+/// The web client's call tools: the `i` key opens the statistics panel, which shows non-zero
+/// bitrate, resolution, round trip and the selected candidate pair's types; the quality
+/// indicator rates the connection; another (fake) camera can be chosen mid-call and the peer
+/// keeps decoding video; the fullscreen button fills the screen. Screenshots are saved under
+/// `target/screenshots/`.
+#[tokio::test]
+async fn t15_browser_info_panel_devices_fullscreen() {
+    if rerun_in_netns("t15_browser_info_panel_devices_fullscreen") {
+        return;
+    }
+    let node = NodeProcess::start(NodeSpec::single()).await.unwrap();
+    let room = fresh_room("tools");
+    let url = format!("{}/r/{room}", node.base());
+    // Page A has three fake cameras. Chromium fakes the second as a depth sensor (Y16), whose
+    // frames no encoder takes, so the test switches to the third, an MJPEG camera.
+    let a = Browser::launch_with(&["--use-fake-device-for-media-stream=device-count=3"]).await.unwrap();
+    a.driver.set_window_rect(0, 0, 1280, 720).await.unwrap();
+    a.open(&url).await.unwrap();
+    a.wait_until("window.switchboard.state === 'waiting'", CONNECT).await.unwrap();
+    let b = Browser::launch().await.unwrap();
+    b.open(&url).await.unwrap();
+    for p in [&a, &b] {
+        p.wait_until("window.switchboard.state === 'connected'", CONNECT).await.unwrap();
+        p.wait_frames(0, CONNECT).await.unwrap();
+    }
+
+    // Statistics panel on `i`.
+    assert_eq!(a.eval("document.getElementById('info').hidden").await.unwrap(), true);
+    a.press("i").await.unwrap();
+    a.wait_until("!document.getElementById('info').hidden", Duration::from_secs(5)).await.unwrap();
+    let info = a
+        .wait_until("window.switchboard.info && window.switchboard.info.bitrateIn > 0 && window.switchboard.info.resolution && window.switchboard.info", Duration::from_secs(15))
+        .await
+        .unwrap();
+    println!("info panel: {info}");
+    assert_eq!(info["localCandidate"], "host", "{info}");
+    assert_eq!(info["remoteCandidate"], "host", "{info}");
+    assert!(info["bitrateOut"].as_u64().unwrap() > 0, "{info}");
+    assert!(info["rttMs"].as_u64().is_some(), "{info}");
+    let text = a.eval("document.getElementById('info-list').innerText").await.unwrap();
+    let text = text.as_str().unwrap();
+    for needle in ["Resolution", "kbit/s", "host → host", "Round trip", "none (direct path)"] {
+        assert!(text.contains(needle), "the panel shows {needle}: {text}");
+    }
+    let quality = a.wait_until("window.switchboard.quality !== 'none' && window.switchboard.quality", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(quality, "good", "loopback is a good connection");
+    assert_eq!(a.eval("document.getElementById('quality').dataset.level").await.unwrap(), "good");
+    println!("screenshot {}", a.screenshot("web-client-info-panel").await.unwrap().display());
+    a.press("i").await.unwrap();
+    a.wait_until("document.getElementById('info').hidden", Duration::from_secs(5)).await.unwrap();
+
+    // Another camera, mid-call: the track sent changes and B keeps decoding.
+    a.click("#choose-devices").await.unwrap();
+    let cameras = a.eval("Array.from(document.querySelectorAll('#camera-select option')).map(o => o.value)").await.unwrap();
+    let cameras: Vec<String> = cameras.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert_eq!(cameras.len(), 3, "three fake cameras: {cameras:?}");
+    let before = a.eval("window.switchboard.devices.camera").await.unwrap();
+    assert_eq!(before.as_str(), Some(cameras[0].as_str()), "the call starts on the first camera");
+    let other = cameras[2].clone();
+    a.eval(&format!("(s => {{ s.value = {other:?}; s.dispatchEvent(new Event('change')); return true; }})(document.getElementById('camera-select'))"))
+        .await
+        .unwrap();
+    a.wait_until(&format!("window.switchboard.devices.camera === {other:?}"), Duration::from_secs(10)).await.unwrap();
+    let sent = a.eval("window.switchboard.pc.getSenders().find(s => s.track && s.track.kind === 'video').track.getSettings().deviceId").await.unwrap();
+    assert_eq!(sent.as_str(), Some(other.as_str()), "the call sends the chosen camera");
+    let frames = b.stats().await.unwrap()["framesDecoded"].as_u64().unwrap();
+    if let Err(e) = b.wait_frames(frames + 30, Duration::from_secs(15)).await {
+        let out = a.eval_async("window.switchboard.pc.getStats().then(r => { const o = []; r.forEach(s => { if (s.type === 'outbound-rtp' || s.type === 'media-source') o.push(s); }); return o; })").await;
+        let inb = b.eval_async("window.switchboard.pc.getStats().then(r => { const o = []; r.forEach(s => { if (s.type === 'inbound-rtp') o.push(s); }); return o; })").await;
+        panic!("B keeps decoding after the camera change: {e:#}\nA out: {out:?}\nB in: {inb:?}\nA log: {:?}", a.eval("window.switchboard.log").await);
+    }
+    println!("screenshot {}", a.screenshot("web-client-devices").await.unwrap().display());
+
+    // Fullscreen and back.
+    a.click("#fullscreen").await.unwrap();
+    a.wait_until("document.fullscreenElement && document.fullscreenElement.id === 'call'", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(a.eval("window.switchboard.fullscreen").await.unwrap(), true);
+    println!("screenshot {}", a.screenshot("web-client-fullscreen").await.unwrap().display());
+    a.click("#fullscreen").await.unwrap();
+    a.wait_until("!document.fullscreenElement", Duration::from_secs(5)).await.unwrap();
+    a.quit().await;
+    b.quit().await;
+}

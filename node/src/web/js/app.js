@@ -191,6 +191,8 @@
     this.iceServers = await this.fetchIceServers();
     this.newPeerConnection();
     this.watchMedia();
+    this.watchStats();
+    this.listDevices();
     this.register();
     if (this.isInitiator) {
       setState('waiting');
@@ -590,6 +592,171 @@
     }, REGISTER_CONFIRM_MS);
   };
 
+  // ---- call statistics, quality, devices ----
+
+  // Every second: what the info panel shows (AppRTC's `i`) and the quality indicator, from the
+  // peer connection's statistics. Rates are over the last second.
+  Call.prototype.watchStats = function () {
+    var self = this;
+    var prev = null;
+    clearInterval(this.statsTimer);
+    this.statsTimer = setInterval(async function () {
+      if (self.hungUp) return clearInterval(self.statsTimer);
+      if (!self.pc) return;
+      var report;
+      try { report = await self.pc.getStats(); } catch (e) { return; }
+      var now = Date.now();
+      var cur = { at: now, bytesIn: 0, bytesOut: 0, lost: 0, received: 0 };
+      var info = { resolution: null, frameRate: null, bitrateIn: 0, bitrateOut: 0, rttMs: null, packetLoss: null,
+        localCandidate: null, remoteCandidate: null, protocol: null, turnServer: null };
+      var pair = null;
+      report.forEach(function (s) {
+        if (s.type === 'inbound-rtp') {
+          cur.bytesIn += s.bytesReceived || 0;
+          cur.lost += Math.max(0, s.packetsLost || 0);
+          cur.received += s.packetsReceived || 0;
+          if (s.kind === 'video' && s.frameWidth) {
+            info.resolution = s.frameWidth + '×' + s.frameHeight;
+            info.frameRate = s.framesPerSecond || 0;
+          }
+        }
+        if (s.type === 'outbound-rtp') cur.bytesOut += s.bytesSent || 0;
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+      });
+      if (!pair) report.forEach(function (s) { if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = s; });
+      if (pair) {
+        var l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
+        info.localCandidate = l ? l.candidateType : null;
+        info.remoteCandidate = r ? r.candidateType : null;
+        info.protocol = l ? (l.relayProtocol ? l.protocol + ' (relay over ' + l.relayProtocol + ')' : l.protocol) : null;
+        if (typeof pair.currentRoundTripTime === 'number') info.rttMs = Math.round(pair.currentRoundTripTime * 1000);
+        // A relayed pair's local candidate names the TURN server (and so the node) it uses.
+        if (l && l.candidateType === 'relay') info.turnServer = l.url || (l.address + ':' + l.port);
+      }
+      if (prev) {
+        var secs = Math.max(0.001, (now - prev.at) / 1000);
+        info.bitrateIn = Math.max(0, Math.round((cur.bytesIn - prev.bytesIn) * 8 / secs / 1000));
+        info.bitrateOut = Math.max(0, Math.round((cur.bytesOut - prev.bytesOut) * 8 / secs / 1000));
+        var lost = cur.lost - prev.lost, got = cur.received - prev.received;
+        if (lost + got > 0) info.packetLoss = Math.max(0, lost) / (Math.max(0, lost) + Math.max(0, got));
+      }
+      prev = cur;
+      sb.info = info;
+      self.renderQuality(info);
+      if (!$('info').hidden) renderInfo(info);
+    }, 1000);
+  };
+
+  // good: round trip under 150 ms and loss under 2 %; fair: under 400 ms and 8 %; else poor.
+  // No media flowing (or the call reconnecting) shows as such.
+  Call.prototype.renderQuality = function (info) {
+    var level, text;
+    if (sb.state === 'reconnecting') {
+      level = 'poor'; text = 'Reconnecting';
+    } else if (!info.localCandidate || (info.bitrateIn === 0 && remoteSends(this.pc))) {
+      level = 'none'; text = 'No media';
+    } else {
+      var rtt = info.rttMs === null ? 0 : info.rttMs, loss = info.packetLoss || 0;
+      level = rtt < 150 && loss < 0.02 ? 'good' : rtt < 400 && loss < 0.08 ? 'fair' : 'poor';
+      text = { good: 'Good connection', fair: 'Fair connection', poor: 'Poor connection' }[level];
+    }
+    sb.quality = level;
+    $('quality').dataset.level = level;
+    $('quality-text').textContent = text;
+  };
+
+  function renderInfo(info) {
+    var rows = [
+      ['Resolution', info.resolution || '–'],
+      ['Frame rate', info.frameRate === null ? '–' : info.frameRate + ' fps'],
+      ['Bitrate in', info.bitrateIn + ' kbit/s'],
+      ['Bitrate out', info.bitrateOut + ' kbit/s'],
+      ['Round trip', info.rttMs === null ? '–' : info.rttMs + ' ms'],
+      ['Packet loss', info.packetLoss === null ? '–' : (info.packetLoss * 100).toFixed(1) + ' %'],
+      ['Candidates', info.localCandidate ? info.localCandidate + ' → ' + info.remoteCandidate : '–'],
+      ['Transport', info.protocol || '–'],
+      ['TURN server', info.turnServer || 'none (direct path)'],
+      ['Signaling', sb.signaling + ' via ' + (sb.call ? sb.call.base() : '–')]
+    ];
+    var dl = $('info-list');
+    dl.textContent = '';
+    rows.forEach(function (r) {
+      var dt = document.createElement('dt'), dd = document.createElement('dd');
+      dt.textContent = r[0];
+      dd.textContent = r[1];
+      dl.appendChild(dt);
+      dl.appendChild(dd);
+    });
+  }
+
+  // The camera and microphone lists; choosing one swaps the track the call sends, without
+  // renegotiating.
+  Call.prototype.listDevices = async function () {
+    var self = this;
+    if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+    var devices;
+    try { devices = await navigator.mediaDevices.enumerateDevices(); } catch (e) { return; }
+    var current = function (kind) {
+      var t = self.stream && self.stream.getTracks().filter(function (x) { return x.kind === kind; })[0];
+      return t && t.getSettings ? t.getSettings().deviceId : null;
+    };
+    [['videoinput', 'camera-select', 'video'], ['audioinput', 'mic-select', 'audio']].forEach(function (k) {
+      var select = $(k[1]);
+      select.textContent = '';
+      devices.filter(function (d) { return d.kind === k[0]; }).forEach(function (d, i) {
+        var o = document.createElement('option');
+        o.value = d.deviceId;
+        o.textContent = d.label || (k[2] === 'video' ? 'Camera ' : 'Microphone ') + (i + 1);
+        select.appendChild(o);
+      });
+      var now = current(k[2]);
+      if (now) select.value = now;
+      select.onchange = function () { self.useDevice(k[2], select.value); };
+    });
+    sb.devices = { camera: current('video'), mic: current('audio') };
+  };
+
+  Call.prototype.useDevice = async function (kind, deviceId) {
+    var constraints = {};
+    constraints[kind] = { deviceId: { exact: deviceId } };
+    var track;
+    try {
+      track = (await navigator.mediaDevices.getUserMedia(constraints)).getTracks()[0];
+    } catch (e) {
+      showMessage('Cannot use that ' + (kind === 'video' ? 'camera' : 'microphone') + ' (' + e.name + ').');
+      return;
+    }
+    var old = this.stream && this.stream.getTracks().filter(function (t) { return t.kind === kind; })[0];
+    if (old) track.enabled = old.enabled;
+    var sender = this.pc && this.pc.getSenders().filter(function (s) { return s.track && s.track.kind === kind; })[0];
+    if (sender) await sender.replaceTrack(track);
+    // A new stream for the preview: the element picks up a new source, not a changed one.
+    var tracks = (this.stream ? this.stream.getTracks() : []).filter(function (t) { return t !== old; });
+    this.stream = new MediaStream(tracks.concat([track]));
+    $('local-video').srcObject = this.stream;
+    if (old) old.stop();
+    sb.devices = sb.devices || {};
+    sb.devices[kind === 'video' ? 'camera' : 'mic'] = deviceId;
+    log('now using ' + kind + ' ' + (track.label || deviceId));
+  };
+
+  Call.prototype.toggleInfo = function () {
+    var panel = $('info');
+    panel.hidden = !panel.hidden;
+    $('show-info').setAttribute('aria-pressed', String(!panel.hidden));
+    if (!panel.hidden && sb.info) renderInfo(sb.info);
+  };
+
+  Call.prototype.toggleFullscreen = function () {
+    if (document.fullscreenElement) {
+      document.exitFullscreen().catch(function () {});
+    } else {
+      var el = $('call');
+      (el.requestFullscreen ? el.requestFullscreen() : Promise.reject(new Error('no fullscreen')))
+        .catch(function (e) { showMessage('Fullscreen is not available: ' + e.message); });
+    }
+  };
+
   // ---- controls and hang-up ----
 
   Call.prototype.bindControls = function () {
@@ -602,6 +769,24 @@
     $('mute-audio').onclick = function () { toggle(this, 'audio'); };
     $('mute-video').onclick = function () { toggle(this, 'video'); };
     $('hangup').onclick = function () { self.hangup(); };
+    $('show-info').onclick = function () { self.toggleInfo(); };
+    $('fullscreen').onclick = function () { self.toggleFullscreen(); };
+    $('choose-devices').onclick = function () {
+      var panel = $('devices');
+      panel.hidden = !panel.hidden;
+      this.setAttribute('aria-pressed', String(!panel.hidden));
+      if (!panel.hidden) self.listDevices();
+    };
+    document.addEventListener('fullscreenchange', function () {
+      sb.fullscreen = !!document.fullscreenElement;
+      $('fullscreen').setAttribute('aria-pressed', String(sb.fullscreen));
+    });
+    // AppRTC's keys: i for the statistics, f for fullscreen (not while typing).
+    document.addEventListener('keydown', function (e) {
+      if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test((e.target || {}).tagName || '')) return;
+      if (e.key === 'i') self.toggleInfo();
+      if (e.key === 'f') self.toggleFullscreen();
+    });
     $('copy-link').onclick = function () {
       var link = P.roomLink || location.href;
       var done = function () { showMessage('Room link copied: ' + link); };
