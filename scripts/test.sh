@@ -4,6 +4,7 @@
 # tests that start real node processes, browsers and TURN clients.
 #   scripts/test.sh              everything
 #   scripts/test.sh t11_         only tests whose name matches (nextest filter)
+#   scripts/test.sh container    only the container image (scripts/container-test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +19,14 @@ else
 fi
 cargo build --workspace --all-targets --locked
 export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
-cargo nextest run --workspace --locked --no-fail-fast --profile ci "$@"
+if [ "${1:-}" = container ]; then
+  exec scripts/container-test.sh
+fi
+status=0
+cargo nextest run --workspace --locked --no-fail-fast --profile ci "$@" || status=$?
+# The container image is built and run after the other tests: its build takes both cores, which
+# would starve the timing-sensitive cluster tests beside it.
+if [ $# -eq 0 ]; then
+  scripts/container-test.sh || status=1
+fi
+exit $status
