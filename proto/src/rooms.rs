@@ -35,6 +35,24 @@ impl SessionId {
     pub fn random() -> Self {
         SessionId(Uuid::new_v4())
     }
+
+    /// A fresh session id of a node in its life `life` (the random number a node process draws
+    /// at start): the id's high half is the life, the low half random. A node forwarding to a
+    /// socket thus knows which life of the peer holds it, even when it has not yet heard that
+    /// the peer restarted.
+    pub fn in_life(life: u64) -> Self {
+        SessionId(Uuid::from_u64_pair(life, rand_low()))
+    }
+
+    /// The life of the node that made this id (see [`SessionId::in_life`]).
+    pub fn life(&self) -> u64 {
+        self.0.as_u64_pair().0
+    }
+}
+
+/// 64 random bits, from a version-4 UUID (the crate's own generator).
+fn rand_low() -> u64 {
+    Uuid::new_v4().as_u64_pair().1
 }
 
 impl std::fmt::Display for SessionId {

@@ -62,6 +62,14 @@ use self::types::{PeerInfo, Raft};
 use crate::config::ClusterSection;
 use crate::rooms::RoomRegistry;
 
+
+/// This process's life: a random number drawn once at start. Peers tell a restarted node from
+/// the one before by it, and the sessions this node makes carry it in their ids.
+pub fn life() -> u64 {
+    static LIFE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIFE.get_or_init(rand::random)
+}
+
 /// A running cluster member.
 pub struct Cluster {
     /// This node.
@@ -108,7 +116,7 @@ impl Cluster {
         });
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
         let sm = StateMachine::open(id, raft_dir.clone(), state.clone(), registry.clone().recipient(), applied_tx, on_apply)?;
-        let incarnation: u64 = rand::random();
+        let incarnation = life();
         let (reclaims, reclaimed) = tokio::sync::mpsc::unbounded_channel();
         let links = PeerLinks::new(
             id,

@@ -427,9 +427,10 @@ impl Handler<Incoming> for PeerLink {
 }
 
 impl PeerLink {
-    /// The peer said which life it is in. Forwards meant for an earlier life target sockets that
-    /// are gone: they go back to be sent through the log. The others go again; the peer drops
-    /// what it already has.
+    /// The peer said which life it is in. Forwards to sockets of an earlier life target sockets
+    /// that are gone: they go back to be sent through the log. The others (sockets of this life,
+    /// some perhaps registered before the link heard of it) go again; the peer drops what it
+    /// already has.
     fn welcomed(&mut self, incarnation: u64) {
         if self.peer_incarnation.is_some_and(|old| old != incarnation) {
             info!(peer = self.peer, "peer restarted; its sockets are gone");
@@ -507,16 +508,26 @@ impl Handler<Forward> for PeerLink {
             metrics::counter!("switchboard_forward_dropped_total").increment(1);
         }
         let floor = self.unacked.front().map_or(seq, |p| p.seq);
+        // The socket's id says which life of the peer holds it. That life, not the one this
+        // link last heard of, decides where the frame goes: a socket registered right after the
+        // peer restarted is live though the link has not yet heard of the restart, and one of an
+        // earlier life is gone though the link already has.
+        let to_life = msg.session.life();
         let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages, barrier: msg.barrier, floor };
         let Ok(bytes) = cluster::encode(&frame) else { return };
+        let pending = Pending { seq, frame: bytes, from: msg.from, to_life: Some(to_life) };
+        metrics::counter!("switchboard_forwarded_total").increment(1);
+        if self.welcomed && self.peer_incarnation.is_some_and(|l| l != to_life) {
+            let _ = self.ctx.reclaims.send(HandBack { node: self.peer, unacked: self.decode([pending]), sockets_gone: true });
+            return;
+        }
         // Before the connection's Welcome the frame waits: the peer's life decides where it goes.
         if self.welcomed {
             if let Some(tx) = &self.tx {
-                let _ = tx.try_send(bytes.clone());
+                let _ = tx.try_send(pending.frame.clone());
             }
         }
-        self.unacked.push_back(Pending { seq, frame: bytes, from: msg.from, to_life: self.peer_incarnation });
-        metrics::counter!("switchboard_forwarded_total").increment(1);
+        self.unacked.push_back(pending);
     }
 }
 

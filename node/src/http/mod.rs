@@ -138,7 +138,10 @@ pub fn listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpList
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    // Room for bursts of connections (every client of a failed node reconnecting at once, or a
+    // flood that the per-address cap then closes) while the workers are busy; the kernel caps
+    // it at net.core.somaxconn.
+    socket.listen(4096)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

@@ -98,7 +98,7 @@ pub async fn ws_handler(
     let max = config.http.max_message_bytes;
     let send_queue = config.http.session_send_queue;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    let id = SessionId::random();
+    let id = SessionId::in_life(crate::cluster::life());
     SignalingSession::create(move |ctx| {
         ctx.add_stream(stream);
         node.sessions.insert(id, ctx.address(), remote);

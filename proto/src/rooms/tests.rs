@@ -685,3 +685,12 @@ fn invariants_hold_under_random_commands() {
         }
     }
 }
+
+#[test]
+fn a_session_id_carries_the_life_of_its_node() {
+    let a = SessionId::in_life(0x1234_5678_9abc_def0);
+    let b = SessionId::in_life(0x1234_5678_9abc_def0);
+    assert_eq!(a.life(), 0x1234_5678_9abc_def0);
+    assert_ne!(a, b, "ids of one life differ");
+    assert_ne!(SessionId::in_life(7).life(), SessionId::in_life(8).life());
+}
