@@ -111,7 +111,7 @@ async fn t57_browser_rolling_upgrade() {
     let stall = |seen: &[(Instant, u64)], from: Instant, to: Instant| {
         let mut longest = Duration::ZERO;
         let mut since = from;
-        let mut last = seen.iter().filter(|(t, _)| *t <= from).map(|(_, f)| *f).last().unwrap_or(0);
+        let mut last = seen.iter().filter(|(t, _)| *t <= from).map(|(_, f)| *f).next_back().unwrap_or(0);
         for (t, f) in seen.iter().filter(|(t, _)| *t > from && *t <= to) {
             longest = longest.max(*t - since);
             if *f > last {
