@@ -100,10 +100,12 @@ fn write_err(e: impl ToString) -> StorageError {
 /// Entries kept in memory for readers (replication, apply): the newest, up to these bounds.
 const CACHE_ENTRIES: usize = 50_000;
 const CACHE_BYTES: usize = 128 << 20;
-/// A chunk file is closed past these and removed once a purge passes its last entry: with a
-/// snapshot every `cluster.snapshot_logs` entries the log keeps a few chunks on disk.
-const CHUNK_RECORDS: usize = 20_000;
-const CHUNK_BYTES: usize = 64 << 20;
+/// A chunk file is closed past these and removed once a purge passes its last entry. Opening
+/// the next chunk syncs a new file while Raft waits (tens of milliseconds on a busy disk), so
+/// chunks are large: at full load one closes every few minutes, and the log keeps at most
+/// about two chunks on disk.
+const CHUNK_RECORDS: usize = 1_000_000;
+const CHUNK_BYTES: usize = 256 << 20;
 
 /// The log store; cheap to clone (readers share the log).
 #[derive(Clone)]
@@ -115,14 +117,18 @@ impl LogStore {
     /// Opens (or creates) the log in `dir/wal`. A log kept by an earlier version of the node in
     /// `dir/raft.redb` is carried over first (see `migrate`).
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(dir, CHUNK_RECORDS, CHUNK_BYTES)
+    }
+
+    fn open_with(dir: &Path, chunk_records: usize, chunk_bytes: usize) -> anyhow::Result<Self> {
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir)?;
         let config = raft_log::Config {
             dir: wal_dir.to_string_lossy().into_owned(),
             log_cache_max_items: Some(CACHE_ENTRIES),
             log_cache_capacity: Some(CACHE_BYTES),
-            chunk_max_records: Some(CHUNK_RECORDS),
-            chunk_max_size: Some(CHUNK_BYTES),
+            chunk_max_records: Some(chunk_records),
+            chunk_max_size: Some(chunk_bytes),
             ..Default::default()
         };
         let wal = raft_log::RaftLog::<WalTypes>::open(Arc::new(config))?;
@@ -452,8 +458,8 @@ mod tests {
     #[tokio::test]
     async fn purged_chunks_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
-        let n = (CHUNK_RECORDS as u64) * 3;
+        let mut log = LogStore::open_with(dir.path(), 20_000, CHUNK_BYTES).unwrap();
+        let n = 3 * 20_000;
         for start in (1..=n).step_by(1000) {
             let (tx, rx) = oneshot::channel();
             {
