@@ -100,10 +100,13 @@ uid=$("${podman[@]}" exec "$name" id -u)
 room="ct$RANDOM$RANDOM"
 join=$(curl -fsS -X POST "$base_url/join/$room")
 echo "$join" | grep -q '"result": *"SUCCESS"' || fail "join answered $join"
-curl -fsS "$base_url/r/$room" | grep -q "<video" || fail "the web client page is not served"
+# Output is captured before grep -q reads it: with pipefail, a writer cut off early fails the check.
+page=$(curl -fsS "$base_url/r/$room")
+grep -q "<video" <<<"$page" || fail "the web client page is not served"
 turnutils_stunclient -p "$turn" 127.0.0.1 >"$work/stun.log" 2>&1 || { cat "$work/stun.log"; fail "STUN binding"; }
 grep -q "UDP reflexive addr: 127.0.0.1" "$work/stun.log" || { cat "$work/stun.log"; fail "STUN answer"; }
-"${podman[@]}" exec "$name" ls /var/lib/switchboard | grep -q . || fail "nothing written to the data volume"
+data=$("${podman[@]}" exec "$name" ls -A /var/lib/switchboard)
+[ -n "$data" ] || fail "nothing written to the data volume"
 
 # 5. `podman stop` sends SIGTERM: the node drains and exits 0 well before podman's 10 s kill.
 start=$(date +%s%N)
@@ -112,7 +115,8 @@ took=$(( ($(date +%s%N) - start) / 1000000 ))
 code=$("${podman[@]}" inspect -f '{{.State.ExitCode}}' "$name")
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
 [ "$took" -lt 9000 ] || fail "stop took $took ms: SIGTERM did not end the node, podman killed it"
-"${podman[@]}" logs "$name" 2>&1 | grep -qi "drain" || fail "no drain logged on SIGTERM"
+"${podman[@]}" logs "$name" >"$work/node.log" 2>&1
+grep -qi "SIGTERM: draining" "$work/node.log" || fail "no drain logged on SIGTERM"
 
 # 6. A new container on the same volume carries on with the same state: the room joined above
 #    still holds its first member, so the next person to join is not the initiator.

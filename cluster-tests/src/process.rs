@@ -138,7 +138,7 @@ impl NodeProcess {
         for s in &self.spec.sets {
             cmd.arg("--set").arg(s);
         }
-        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info,openraft=off".into()));
+        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info,openraft=off,raft_log=warn".into()));
         for (k, v) in &self.spec.env {
             if v.is_empty() {
                 cmd.env_remove(k);

@@ -198,11 +198,13 @@ async fn t15_browser_info_panel_devices_fullscreen() {
 
     // Fullscreen and back.
     a.click("#fullscreen").await.unwrap();
-    a.wait_until("document.fullscreenElement && document.fullscreenElement.id === 'call'", Duration::from_secs(5)).await.unwrap();
-    assert_eq!(a.eval("window.switchboard.fullscreen").await.unwrap(), true);
+    // The page's state follows the fullscreenchange event, which comes after the element is set.
+    let on = "document.fullscreenElement && document.fullscreenElement.id === 'call' && window.switchboard.fullscreen === true \
+              && document.getElementById('fullscreen').getAttribute('aria-pressed') === 'true'";
+    a.wait_until(on, Duration::from_secs(5)).await.unwrap();
     println!("screenshot {}", a.screenshot("web-client-fullscreen").await.unwrap().display());
     a.click("#fullscreen").await.unwrap();
-    a.wait_until("!document.fullscreenElement", Duration::from_secs(5)).await.unwrap();
+    a.wait_until("!document.fullscreenElement && window.switchboard.fullscreen === false", Duration::from_secs(5)).await.unwrap();
     a.quit().await;
     b.quit().await;
 }

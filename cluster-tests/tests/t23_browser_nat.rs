@@ -100,7 +100,7 @@ fn t23_browser_nat_through_relay() {
         .args(["--set", &format!("ice.stun_urls=[\"stun:{INET}:3478\"]")])
         // This segment stands for the public internet: its addresses are ordinary peers.
         .args(["--set", "turn.allow_peers=[\"10.99.0.0/24\"]"])
-        .env("RUST_LOG", "info,openraft=off")
+        .env("RUST_LOG", "info,openraft=off,raft_log=warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
