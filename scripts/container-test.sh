@@ -82,17 +82,20 @@ secret = "container-test-cluster-secret"
 admin_token = "container-test-admin"
 peers = [{ id = 1, raft_addr = "127.0.0.1:$raft", public_url = "http://127.0.0.1:$port" }]
 EOF
-"${podman[@]}" volume create "$name-data" >/dev/null
-"${podman[@]}" run -d --name "$name" --network host "${run_flags[@]}" \
-  -v "$work/node.toml:/etc/switchboard/node.toml:ro" -v "$name-data:/var/lib/switchboard" \
-  "$tag" --config /etc/switchboard/node.toml >/dev/null || fail "podman run"
-
 base_url="http://127.0.0.1:$port"
-for _ in $(seq 100); do
-  curl -fsS "$base_url/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "$base_url/readyz" >/dev/null || fail "the node never became ready"
+# run_node WHAT: a container of the image on the config and the data volume, then ready.
+run_node() {
+  "${podman[@]}" run -d --name "$name" --network host "${run_flags[@]}" \
+    -v "$work/node.toml:/etc/switchboard/node.toml:ro" -v "$name-data:/var/lib/switchboard" \
+    "$tag" --config /etc/switchboard/node.toml >/dev/null || fail "podman run ($1)"
+  for _ in $(seq 100); do
+    curl -fsS "$base_url/readyz" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  fail "the node never became ready ($1)"
+}
+"${podman[@]}" volume create "$name-data" >/dev/null
+run_node first
 
 # 4. What it serves.
 uid=$("${podman[@]}" exec "$name" id -u)
@@ -121,13 +124,7 @@ grep -qi "SIGTERM: draining" "$work/node.log" || fail "no drain logged on SIGTER
 # 6. A new container on the same volume carries on with the same state: the room joined above
 #    still holds its first member, so the next person to join is not the initiator.
 "${podman[@]}" rm "$name" >/dev/null
-"${podman[@]}" run -d --name "$name" --network host "${run_flags[@]}" \
-  -v "$work/node.toml:/etc/switchboard/node.toml:ro" -v "$name-data:/var/lib/switchboard" \
-  "$tag" --config /etc/switchboard/node.toml >/dev/null || fail "podman run (second)"
-for _ in $(seq 100); do
-  curl -fsS "$base_url/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+run_node second
 join=$(curl -fsS -X POST "$base_url/join/$room")
 echo "$join" | grep -q '"is_initiator": *"false"' || fail "after a restart on the same volume the room was lost: $join"
 

@@ -72,7 +72,8 @@ pub struct ForwardTag {
     pub incarnation: u64,
     /// The node it was forwarded to.
     pub to: NodeId,
-    /// That node's life the frame was meant for (0: not known, the frame never left).
+    /// That node's life the frame was meant for: the one holding its socket, which the
+    /// socket's id names (see [`SessionId::life`]).
     pub to_life: u64,
     /// The forward frame's sequence number on that link.
     pub seq: u64,

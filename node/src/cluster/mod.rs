@@ -62,7 +62,6 @@ use self::types::{PeerInfo, Raft};
 use crate::config::ClusterSection;
 use crate::rooms::RoomRegistry;
 
-
 /// This process's life: a random number drawn once at start. Peers tell a restarted node from
 /// the one before by it, and the sessions this node makes carry it in their ids.
 pub fn life() -> u64 {

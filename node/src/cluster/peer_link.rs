@@ -155,12 +155,12 @@ struct Disconnected {
 pub type HealthTable = Arc<RwLock<HashMap<NodeId, LinkHealth>>>;
 
 /// A forward kept until acknowledged: the encoded frame, its sender (which the frame leaves
-/// out) and the peer life it was meant for.
+/// out) and the peer life holding the socket it goes to (from the socket's id).
 struct Pending {
     seq: u64,
     frame: Vec<u8>,
     from: String,
-    to_life: Option<u64>,
+    to_life: u64,
 }
 
 /// One per remote node.
@@ -439,13 +439,10 @@ impl PeerLink {
         self.welcomed = true;
         self.set_health(true, None);
         let (stale, live): (VecDeque<Pending>, VecDeque<Pending>) =
-            std::mem::take(&mut self.unacked).into_iter().partition(|p| p.to_life.is_some_and(|l| l != incarnation));
+            std::mem::take(&mut self.unacked).into_iter().partition(|p| p.to_life != incarnation);
         self.unacked = live;
         if !stale.is_empty() {
             let _ = self.ctx.reclaims.send(HandBack { node: self.peer, unacked: self.decode(stale), sockets_gone: true });
-        }
-        for p in &mut self.unacked {
-            p.to_life = Some(incarnation);
         }
         if let Some(tx) = &self.tx {
             for p in &self.unacked {
@@ -463,8 +460,7 @@ impl PeerLink {
                 reader.push(&p.frame);
                 match reader.next_frame() {
                     Ok(Some(Frame::Forward { room, messages, seq, session, .. })) => {
-                        let to_life = p.to_life.unwrap_or(0);
-                        let tag = ForwardTag { from: self.ctx.me, incarnation: self.ctx.incarnation, to: self.peer, to_life, seq };
+                        let tag = ForwardTag { from: self.ctx.me, incarnation: self.ctx.incarnation, to: self.peer, to_life: p.to_life, seq };
                         let messages = messages.into_iter().map(|body| Envelope { body, tag: Some(tag) }).collect();
                         Some(Unacked { room, from: p.from, to: Binding { node: self.peer, session }, messages })
                     }
@@ -515,7 +511,7 @@ impl Handler<Forward> for PeerLink {
         let to_life = msg.session.life();
         let frame = Frame::Forward { seq, room: msg.room, session: msg.session, messages: msg.messages, barrier: msg.barrier, floor };
         let Ok(bytes) = cluster::encode(&frame) else { return };
-        let pending = Pending { seq, frame: bytes, from: msg.from, to_life: Some(to_life) };
+        let pending = Pending { seq, frame: bytes, from: msg.from, to_life };
         metrics::counter!("switchboard_forwarded_total").increment(1);
         if self.welcomed && self.peer_incarnation.is_some_and(|l| l != to_life) {
             let _ = self.ctx.reclaims.send(HandBack { node: self.peer, unacked: self.decode([pending]), sockets_gone: true });
