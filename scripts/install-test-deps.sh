@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Switchboard's tests use from Debian: headless Chromium and its WebDriver for the
 # browser tests, coturn's turnutils_* as reference TURN clients, systemd-analyze to check the unit
-# file, Prometheus and promtool to check the alert rules and scrape a node, iproute2/nftables/iptables for
-# network namespaces and NAT, podman, runc and debootstrap to build and run the container image; from crates.io cargo-nextest (the test runner) and cargo-deny (the
-# dependency policy in deny.toml). Safe to run again: it only installs what is missing.
+# file, Prometheus and promtool to check the alert rules and scrape a node, iproute2/nftables/
+# iptables for network namespaces and NAT, strace to slow a node's system calls (ordering tests),
+# podman, runc and debootstrap to build and run the container image; from crates.io
+# cargo-nextest (the test runner) and cargo-deny (the dependency policy in deny.toml). Safe to run
+# again: it only installs what is missing.
 set -euo pipefail
 
 need=()
@@ -14,6 +16,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
+command -v strace >/dev/null || need+=(strace)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null && podman=1 || podman=0

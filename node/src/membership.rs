@@ -12,6 +12,15 @@ use switchboard_proto::rooms::{Command, Effect, Limits, NodeId, Outcome, Rooms};
 use crate::cluster::{Cluster, ProposeError};
 use crate::rooms::ApplyEffects;
 
+/// A single node's state and the position of the last command applied to it. Positions play
+/// the part of a cluster's log indexes: a direct message waits behind the deliveries of every
+/// earlier command (a socket registering gets its stored messages before a message sent to it
+/// right after), which the registry and rooms order by position.
+struct Local {
+    rooms: Rooms,
+    applied: u64,
+}
+
 /// Handle to the room state; cheap to clone.
 #[derive(Clone)]
 pub struct Membership {
@@ -25,7 +34,7 @@ struct Inner {
 
 enum Backend {
     /// One node: the state lives here and commands apply in place.
-    Local { rooms: RwLock<Rooms>, effects: Recipient<ApplyEffects> },
+    Local { state: RwLock<Local>, effects: Recipient<ApplyEffects> },
     /// A cluster member: commands go through Raft; the state machine dispatches effects.
     Cluster(Arc<Cluster>),
 }
@@ -34,7 +43,7 @@ impl Membership {
     /// State applied in place on this node alone.
     pub fn local(node: NodeId, limits: Limits, effects: Recipient<ApplyEffects>) -> Self {
         Membership {
-            inner: Arc::new(Inner { node, backend: Backend::Local { rooms: RwLock::new(Rooms::new(limits)), effects } }),
+            inner: Arc::new(Inner { node, backend: Backend::Local { state: RwLock::new(Local { rooms: Rooms::new(limits), applied: 0 }), effects } }),
         }
     }
 
@@ -60,14 +69,16 @@ impl Membership {
     /// dispatched before this returns, so a caller that answers afterwards never overtakes them.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         match &self.inner.backend {
-            Backend::Local { rooms, effects } => {
-                let applied = {
-                    // A poisoned lock means a panic while applying; the state machine has no
-                    // panics on input, so keep serving with the state as it is.
-                    let mut rooms = rooms.write().unwrap_or_else(|p| p.into_inner());
-                    rooms.apply(cmd)
-                };
-                self.dispatch(effects, applied.effects);
+            Backend::Local { state, effects } => {
+                // A poisoned lock means a panic while applying; the state machine has no panics
+                // on input, so keep serving with the state as it is.
+                let mut local = state.write().unwrap_or_else(|p| p.into_inner());
+                local.applied += 1;
+                let pos = local.applied;
+                let applied = local.rooms.apply_at(pos, cmd);
+                // Dispatched under the lock: HTTP workers propose from several threads, and the
+                // registry must hear of positions in order.
+                self.dispatch(effects, pos, applied.effects);
                 Ok(applied.outcome)
             }
             Backend::Cluster(c) => {
@@ -82,7 +93,7 @@ impl Membership {
     /// Reads the applied state (on a cluster follower it may lag the leader a little).
     pub fn read<R>(&self, f: impl FnOnce(&Rooms) -> R) -> R {
         match &self.inner.backend {
-            Backend::Local { rooms, .. } => f(&rooms.read().unwrap_or_else(|p| p.into_inner())),
+            Backend::Local { state, .. } => f(&state.read().unwrap_or_else(|p| p.into_inner()).rooms),
             Backend::Cluster(c) => f(&c.state.read().unwrap_or_else(|p| p.into_inner()).rooms),
         }
     }
@@ -116,17 +127,19 @@ impl Membership {
         }
     }
 
-    fn dispatch(&self, sink: &Recipient<ApplyEffects>, effects: Vec<Effect>) {
+    /// Hands the effects of the command at `pos` to the registry. A command without effects
+    /// here is not sent: a room only waits for a position that delivered a message in it, and on
+    /// one node every delivery is to a socket here.
+    fn dispatch(&self, sink: &Recipient<ApplyEffects>, pos: u64, effects: Vec<Effect>) {
         let mine: Vec<(u64, Effect)> = effects
             .into_iter()
             .filter(|e| match e {
                 Effect::Deliver { at, .. } | Effect::Close { at, .. } => at.node == self.inner.node,
             })
-            .map(|e| (0, e))
+            .map(|e| (pos, e))
             .collect();
         if !mine.is_empty() {
-            // One node has no log: every position is 0 and nothing waits on one.
-            sink.do_send(ApplyEffects { through: 0, effects: mine, resync: false });
+            sink.do_send(ApplyEffects { through: pos, effects: mine, resync: false });
         }
     }
 }

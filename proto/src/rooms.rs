@@ -621,8 +621,9 @@ impl Rooms {
         self.apply_at(0, cmd)
     }
 
-    /// Applies the command at position `pos` of the replicated order (a Raft log index; 0 on a
-    /// single node), remembering it in every room it delivers a message in.
+    /// Applies the command at position `pos` of the order commands are applied in (a Raft log
+    /// index, or a single node's own count; 0: not remembered), remembering it in every room it
+    /// delivers a message in.
     pub fn apply_at(&mut self, pos: u64, cmd: Command) -> Applied {
         let applied = self.apply_inner(cmd);
         if pos > 0 {

@@ -112,10 +112,12 @@ async fn main() -> Result<()> {
     pids.extend(cluster.iter().flat_map(|c| c.nodes.iter().filter_map(|n| n.pid())));
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(&p.to_string())).sum::<f64>();
     let (server0, gen0) = (cpu(&pids), cpu_secs("self"));
+    let log0 = match &token { Some(t) => raft_batches(&targets, t).await, None => None };
     let started = Instant::now();
     let records = calls::run(targets.clone(), spec, allowed, audit.clone()).await;
     let elapsed = started.elapsed();
     let (server_cpu, gen_cpu) = (cpu(&pids) - server0, cpu_secs("self") - gen0);
+    let log1 = match &token { Some(t) => raft_batches(&targets, t).await, None => None };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(a) = auditor {
         let _ = a.await;
@@ -131,19 +133,27 @@ async fn main() -> Result<()> {
     let per_call = |secs: f64| format!("{:.2}", secs * 1000.0 / s.calls.max(1) as f64);
     let server_ms = if pids.is_empty() { "–".to_string() } else { per_call(server_cpu) };
     let gen_ms = per_call(gen_cpu);
+    // Log entries and commands per call: what one call costs the replicated log.
+    let (entries, commands) = match (log0, log1) {
+        (Some((e0, c0)), Some((e1, c1))) => {
+            let calls = s.calls.max(1) as f64;
+            (format!("{:.1}", (e1 - e0) / calls), format!("{:.1}", (c1 - c0) / calls))
+        }
+        _ => ("–".to_string(), "–".to_string()),
+    };
     let room_violations = audit.violations();
     let failures = s.calls - s.ok + room_violations.len();
     let placement = format!("{:?}", args.placement).to_lowercase();
     if args.kv {
         println!(
-            "nodes={n} placement={placement} concurrency={} k={} calls={} ok={} violations={} lost={} refused={} rooms_left={} calls_per_s={:.1} setup_p50_ms={:.2} setup_p99_ms={:.2} server_ms_per_call={server_ms} gen_ms_per_call={gen_ms} seed={}",
+            "nodes={n} placement={placement} concurrency={} k={} calls={} ok={} violations={} lost={} refused={} rooms_left={} calls_per_s={:.1} setup_p50_ms={:.2} setup_p99_ms={:.2} server_ms_per_call={server_ms} gen_ms_per_call={gen_ms} raft_entries_per_call={entries} raft_commands_per_call={commands} seed={}",
             args.concurrency, args.k, s.calls, s.ok, s.violations + room_violations.len(), s.lost, s.refused, left, s.calls_per_s, s.setup_p50_ms, s.setup_p99_ms, args.seed
         );
     } else {
-        println!("| nodes | placement | concurrency | K | calls | ok | violations | lost | refused | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call |");
-        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| nodes | placement | concurrency | K | calls | ok | violations | lost | refused | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | Raft entries/call | Raft commands/call |");
+        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         println!(
-            "| {n} | {placement} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} ms | {:.2} ms | {server_ms} | {gen_ms} |",
+            "| {n} | {placement} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} ms | {:.2} ms | {server_ms} | {gen_ms} | {entries} | {commands} |",
             args.concurrency, args.k, s.calls, s.ok, s.violations + room_violations.len(), s.lost, s.refused, s.calls_per_s, s.setup_p50_ms, s.setup_p99_ms
         );
     }
@@ -164,6 +174,23 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Log entries and the commands in them proposed so far on all `targets` (each node counts the
+/// entries its own batcher wrote: the leader's, plus any a node wrote while it led), from
+/// `/metrics`; `None` for a node without a cluster or when a node does not answer.
+async fn raft_batches(targets: &[Target], token: &str) -> Option<(f64, f64)> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let (mut entries, mut commands) = (0.0, 0.0);
+    for t in targets {
+        let text = client.get(format!("{}/metrics", t.base)).bearer_auth(token).send().await.ok()?.text().await.ok()?;
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        };
+        entries += value("switchboard_raft_batch_commands_count")?;
+        commands += value("switchboard_raft_batch_commands_sum")?;
+    }
+    Some((entries, commands))
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (or "self"), from /proc.

@@ -14,7 +14,7 @@ use crate::cluster::ledger::FrameAck;
 use crate::membership::Membership;
 
 /// What one applied batch of commands did to this node's sockets: the effects with their log
-/// index, and the last index of the batch (0 on a single node, where there is no log).
+/// index, and the last index of the batch (on a single node, the position of the command).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ApplyEffects {
