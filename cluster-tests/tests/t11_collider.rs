@@ -475,12 +475,14 @@ struct SlowSyscalls(std::process::Child);
 
 impl SlowSyscalls {
     async fn attach(pid: u32) -> Self {
-        let child = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("strace runs (scripts/install-test-deps.sh installs it)");
-        let tracer = |tid: &str| {
+        let slow = SlowSyscalls(
+            std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("strace runs (scripts/install-test-deps.sh installs it)"),
+        );
+        let traced = |tid: &str| {
             std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
                 .ok()
                 .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim() != "0")))
@@ -491,8 +493,8 @@ impl SlowSyscalls {
             let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
                 .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
-            if !tids.is_empty() && tids.iter().all(|t| tracer(t)) {
-                return SlowSyscalls(child);
+            if !tids.is_empty() && tids.iter().all(|t| traced(t)) {
+                return slow;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
