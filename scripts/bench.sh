@@ -137,8 +137,8 @@ calls() {
   echo
   echo "# floor: callfloor (cluster-tests/src/bin/callfloor.rs), one thread, no framework, no limits, the same calls"
   echo
-  echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | failed calls | calls/s vs one node | server CPU vs floor |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| deployment | placement | calls/s | set-up p50 | set-up p99 | server CPU ms/call | generator CPU ms/call | Raft entries/call | failed calls | calls/s vs one node | server CPU vs floor |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   local base="" floor=""
   for row in "floor same floor" "single same one-node" "three same three-nodes" "three cross three-nodes" "five cross five-nodes-(3-voters+2-learners)"; do
     set -- $row
@@ -154,17 +154,20 @@ calls() {
         runs+=("$(target/release/callgen --spawn "$1" --placement "$2" --calls "$n" --concurrency "$c" --kv || true)")
       fi
     done
-    local rate p50 p99 srv gen failed
+    local rate p50 p99 srv gen entries failed
     rate=$(printf '%s\n' "${runs[@]}" | field calls_per_s | median)
     p50=$(printf '%s\n' "${runs[@]}" | field setup_p50_ms | median)
     p99=$(printf '%s\n' "${runs[@]}" | field setup_p99_ms | median)
     srv=$(printf '%s\n' "${runs[@]}" | field server_ms_per_call | median)
     gen=$(printf '%s\n' "${runs[@]}" | field gen_ms_per_call | median)
+    # Log entries per call (commands are ~21 per call; fewer entries: more batched). None on one node.
+    entries=$(printf '%s\n' "${runs[@]}" | field raft_entries_per_call | grep -v '–' || true)
+    entries=$([ -n "$entries" ] && echo "$entries" | median || echo "–")
     failed=$(printf '%s\n' "${runs[@]}" | awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]} f += v["calls"] - v["ok"] + 0} END {print f + 0}')
     if [ "$1" = floor ]; then floor=$srv; elif [ -z "$base" ]; then base=$rate; fi
     local label=${3//-/ } vs_one="–"
     [ "$1" = floor ] || vs_one=$(awk -v r="$rate" -v b="$base" 'BEGIN {printf "%.2fx", r / b}')
-    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %s | %.2fx |\n' "${label//+/ + }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$failed" \
+    printf '| %s | %s | %.1f | %.2f ms | %.2f ms | %.2f | %.2f | %s | %s | %s | %.2fx |\n' "${label//+/ + }" "$2" "$rate" "$p50" "$p99" "$srv" "$gen" "$entries" "$failed" \
       "$vs_one" "$(awk -v s="$srv" -v f="$floor" 'BEGIN {print s / f}')"
   done
   echo
