@@ -1,13 +1,16 @@
 //! Faults on real node processes, for tests and `scripts/chaos.sh`: pauses (`SIGSTOP`/`SIGCONT`,
 //! as a GC pause or VM steal looks to the other nodes), partitions of the cluster links
 //! (symmetric, or one way), packet loss on one node's cluster link, and slow restarts. Kills and
-//! restarts are [`crate::cluster::Cluster::kill`] and `restart`.
+//! restarts are [`crate::cluster::Cluster::kill`] and `restart`. Slow system calls (a node under
+//! `strace`) stretch the hops between a node's threads, to bring out ordering races.
 //!
 //! Partitions and loss are nftables rules in a table of their own, matched on the loopback
 //! addresses of the nodes and the cluster port. They must only ever run inside a private network
 //! namespace ([`crate::netns::rerun_in_netns`]) so that the host's rules are untouched.
 
 use std::process::Command;
+
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -128,5 +131,46 @@ impl Links {
 impl Drop for Links {
     fn drop(&mut self) {
         let _ = nft(&format!("delete table inet {}", self.table));
+    }
+}
+
+/// `strace` attached to a process for as long as this lives: each of its system calls stops the
+/// calling thread for a round trip to the tracer, so a hop between two of its threads (a wake-up
+/// through an eventfd, a socket) takes far longer than work on one thread.
+pub struct SlowSyscalls(std::process::Child);
+
+impl SlowSyscalls {
+    /// Attaches to every thread of `pid` and returns once each has a tracer.
+    pub async fn attach(pid: u32) -> Result<Self> {
+        let slow = SlowSyscalls(
+            Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("strace (scripts/install-test-deps.sh installs it)")?,
+        );
+        let traced = |tid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim() != "0")))
+                .unwrap_or(false)
+        };
+        for _ in 0..100 {
+            let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            if !tids.is_empty() && tids.iter().all(|t| traced(t)) {
+                return Ok(slow);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("strace did not attach to process {pid} within 2 s")
+    }
+}
+
+impl Drop for SlowSyscalls {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -203,3 +203,53 @@ pub async fn reregister_with_probe(
     }
     unreachable!()
 }
+
+/// In each of `rooms` rooms at once: `b` registers (on `b_url`) and streams `messages` messages
+/// while `a` registers (on `a_url`) a few milliseconds in, so that `a`'s registration falls
+/// between two of them. `a` must get all of them, in order, once each: those queued before it
+/// registered and those sent after. Fails with the first room that broke that.
+pub async fn stream_across_registration(a_url: &str, b_url: &str, rooms: usize, messages: usize) -> Result<()> {
+    let calls: Vec<_> = (0..rooms)
+        .map(|i| {
+            let (a_url, b_url) = (a_url.to_owned(), b_url.to_owned());
+            tokio::spawn(async move {
+                let r = crate::fresh_room(&format!("stream{i}"));
+                let mut b = WsClient::connect(&b_url).await?;
+                b.register(&r, "b").await?;
+                let mut a = WsClient::connect(&a_url).await?;
+                let sender = tokio::spawn(async move {
+                    for m in 0..messages {
+                        b.send_msg(&format!("m{m}")).await?;
+                        // ~16 a millisecond: the stream outlasts the registration below, and
+                        // fewer than a room's 1 024 are queued for `a` meanwhile.
+                        if m % 16 == 15 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    Ok::<WsClient, anyhow::Error>(b)
+                });
+                tokio::time::sleep(Duration::from_millis(3 + i as u64 % 10)).await;
+                a.register(&r, "a").await?;
+                let mut got = Vec::with_capacity(messages);
+                while got.len() < messages {
+                    match a.expect_msg(Duration::from_secs(10)).await {
+                        Ok(m) => got.push(m),
+                        Err(e) => anyhow::bail!("room {r}: {} of {messages} messages arrived, then: {e:#}", got.len()),
+                    }
+                }
+                let want: Vec<String> = (0..messages).map(|m| format!("m{m}")).collect();
+                if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
+                    let around = &got[i.saturating_sub(2)..(i + 3).min(got.len())];
+                    anyhow::bail!("room {r}: message {i} was {:?}, not {:?} (around it: {around:?})", got[i], want[i]);
+                }
+                a.expect_silence(Duration::from_millis(300)).await?;
+                let _b = sender.await??;
+                Ok(())
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await??;
+    }
+    Ok(())
+}

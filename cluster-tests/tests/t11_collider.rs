@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use cluster_tests::faults::SlowSyscalls;
+use cluster_tests::ws::stream_across_registration;
 use cluster_tests::{fresh_room, Http, NodeProcess, NodeSpec, WsClient};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -417,94 +419,11 @@ async fn t11_unregistered_socket_is_closed_after_its_deadline() {
 /// A socket that registers while its peer is sending gets, in order and once each, the messages
 /// queued for it before it registered and those sent after. Those before come with its
 /// registration (through the room state), those after go straight to it; the second must wait
-/// behind the first. Many rooms at once, each with a stream of messages across the moment of
-/// registration, so that the registration falls between two of the peer's messages somewhere.
+/// behind the first. The node's system calls are slowed (strace) to widen the window: before the
+/// fix this failed on every run.
 #[tokio::test]
 async fn t11_registering_during_a_stream_keeps_order() {
-    const ROOMS: usize = 200;
-    const MESSAGES: usize = 600;
     let n = NodeProcess::start(NodeSpec::single()).await.expect("node starts");
-    // Every system call of the node made slow: a hop between its threads then takes far longer
-    // than work on one thread, which widens any window where a message could overtake another.
-    let _slow = SlowSyscalls::attach(n.pid().expect("node pid")).await;
-    let ws_url = n.ws_url();
-    let calls = (0..ROOMS).map(|i| {
-        let ws_url = ws_url.clone();
-        tokio::spawn(async move {
-            let r = fresh_room(&format!("stream{i}"));
-            let mut b = WsClient::connect(&ws_url).await.unwrap();
-            b.register(&r, "b").await.unwrap();
-            let mut a = WsClient::connect(&ws_url).await.unwrap();
-            let sender = tokio::spawn(async move {
-                for m in 0..MESSAGES {
-                    b.send_msg(&format!("m{m}")).await.unwrap();
-                    // ~16 a millisecond: the stream outlasts the registration below, and fewer
-                    // than the room's 1 024 are queued for `a` meanwhile.
-                    if m % 16 == 15 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-                b
-            });
-            // Registers while b's stream is under way (b's first messages are queued for a).
-            tokio::time::sleep(Duration::from_millis(3 + i as u64 % 10)).await;
-            a.register(&r, "a").await.unwrap();
-            let mut got = Vec::with_capacity(MESSAGES);
-            while got.len() < MESSAGES {
-                match a.expect_msg(Duration::from_secs(10)).await {
-                    Ok(m) => got.push(m),
-                    Err(e) => panic!("room {r}: {} of {MESSAGES} messages arrived, then: {e:#}", got.len()),
-                }
-            }
-            let want: Vec<String> = (0..MESSAGES).map(|m| format!("m{m}")).collect();
-            if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
-                panic!("room {r}: message {i} was {:?}, not {:?} (around it: {:?})", got[i], want[i], &got[i.saturating_sub(2)..(i + 3).min(got.len())]);
-            }
-            a.expect_silence(QUIET).await.unwrap();
-            let _b = sender.await.unwrap();
-        })
-    });
-    for c in calls.collect::<Vec<_>>() {
-        c.await.expect("every room's messages in order, once each");
-    }
-}
-
-/// `strace` attached to a process for as long as this lives: each of its system calls stops the
-/// calling thread for a round trip to the tracer.
-struct SlowSyscalls(std::process::Child);
-
-impl SlowSyscalls {
-    async fn attach(pid: u32) -> Self {
-        let slow = SlowSyscalls(
-            std::process::Command::new("strace")
-                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("strace runs (scripts/install-test-deps.sh installs it)"),
-        );
-        let traced = |tid: &str| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-                .ok()
-                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim() != "0")))
-                .unwrap_or(false)
-        };
-        // Attached once every thread of the node has a tracer.
-        for _ in 0..100 {
-            let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            if !tids.is_empty() && tids.iter().all(|t| traced(t)) {
-                return slow;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("strace did not attach to the node within 2 s");
-    }
-}
-
-impl Drop for SlowSyscalls {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let _slow = SlowSyscalls::attach(n.pid().expect("node pid")).await.unwrap();
+    stream_across_registration(&n.ws_url(), &n.ws_url(), 200, 600).await.unwrap();
 }

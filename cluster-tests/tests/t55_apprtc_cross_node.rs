@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use cluster_tests::cluster::{Cluster, ClusterOptions, ADMIN_TOKEN};
+use cluster_tests::faults::SlowSyscalls;
+use cluster_tests::ws::stream_across_registration;
 use cluster_tests::{fresh_room, WsClient};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -253,4 +255,17 @@ async fn t55_lone_member_burst() {
         assert_eq!(got.len(), want.len(), "{name}: the joiner got {} messages", got.len());
         assert_eq!(got, want, "{name}: in order");
     }
+}
+
+/// The same check as one node's `t11_registering_during_a_stream_keeps_order` with the two
+/// sockets of each room on different nodes, both nodes' system calls slowed: the messages queued
+/// before the registration come through the log, those after over the peer link.
+#[tokio::test]
+async fn t55_registering_during_a_stream_keeps_order() {
+    let c = cluster().await;
+    let _slow: Vec<SlowSyscalls> = vec![
+        SlowSyscalls::attach(c.nodes[0].pid().expect("node 1 pid")).await.unwrap(),
+        SlowSyscalls::attach(c.nodes[1].pid().expect("node 2 pid")).await.unwrap(),
+    ];
+    stream_across_registration(&c.ws_url(1), &c.ws_url(2), 40, 200).await.unwrap();
 }
