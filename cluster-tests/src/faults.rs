@@ -9,7 +9,6 @@
 //! namespace ([`crate::netns::rerun_in_netns`]) so that the host's rules are untouched.
 
 use std::process::Command;
-
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};

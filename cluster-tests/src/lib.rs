@@ -61,6 +61,26 @@ pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// What a node's proposal batcher has written to the Raft log so far: entries, and the commands
+/// in them (the `switchboard_raft_batch_commands` histogram of its `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RaftBatches {
+    /// Log entries written.
+    pub entries: f64,
+    /// Commands in those entries.
+    pub commands: f64,
+}
+
+/// [`RaftBatches`] from a node's `/metrics` text; `None` when the node has no cluster (no
+/// such histogram).
+pub fn raft_batches(metrics: &str) -> Option<RaftBatches> {
+    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+    Some(RaftBatches {
+        entries: value("switchboard_raft_batch_commands_count")?,
+        commands: value("switchboard_raft_batch_commands_sum")?,
+    })
+}
+
 /// A TCP connection to `to` from the local address `from` (any port), within 5 s.
 pub async fn connect_from(from: std::net::IpAddr, to: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
     let s = if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };

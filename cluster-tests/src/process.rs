@@ -73,6 +73,10 @@ pub struct NodeSpec {
     pub config: Option<PathBuf>,
 }
 
+/// The log filter of test nodes (`SWITCHBOARD_TEST_LOG` overrides it): the shipped default of
+/// `configs/single.toml`, without openraft's and the Raft log store's chatter.
+pub const NODE_LOG: &str = "info,openraft=off,raft_log=warn";
+
 /// Per-address rate limits lifted: every test client and load generator connects from the
 /// same loopback address, which in production would be thousands of people. The tests of
 /// those limits set their own values (a later `--set` wins).
@@ -138,7 +142,7 @@ impl NodeProcess {
         for s in &self.spec.sets {
             cmd.arg("--set").arg(s);
         }
-        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info,openraft=off,raft_log=warn".into()));
+        cmd.env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| NODE_LOG.into()));
         for (k, v) in &self.spec.env {
             if v.is_empty() {
                 cmd.env_remove(k);

@@ -7,6 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster_tests::process::NODE_LOG;
 use cluster_tests::{binary, fresh_room};
 
 const INET: &str = "10.99.0.1";
@@ -100,7 +101,7 @@ fn t23_browser_nat_through_relay() {
         .args(["--set", &format!("ice.stun_urls=[\"stun:{INET}:3478\"]")])
         // This segment stands for the public internet: its addresses are ordinary peers.
         .args(["--set", "turn.allow_peers=[\"10.99.0.0/24\"]"])
-        .env("RUST_LOG", "info,openraft=off,raft_log=warn")
+        .env("RUST_LOG", NODE_LOG)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -31,11 +31,6 @@ pub const ROOM_CAPACITY: usize = 2;
 pub struct SessionId(pub Uuid);
 
 impl SessionId {
-    /// A fresh random session id.
-    pub fn random() -> Self {
-        SessionId(Uuid::new_v4())
-    }
-
     /// A fresh session id of a node in its life `life` (the random number a node process draws
     /// at start): the id's high half is the life, the low half random. A node forwarding to a
     /// socket thus knows which life of the peer holds it, even when it has not yet heard that

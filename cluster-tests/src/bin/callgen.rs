@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use cluster_tests::calls::{self, Allowed, CallSpec, Placement, RoomAudit, RunSpec, Target};
 use cluster_tests::cluster::{Cluster, ClusterOptions, ADMIN_TOKEN};
-use cluster_tests::{NodeProcess, NodeSpec};
+use cluster_tests::{NodeProcess, NodeSpec, RaftBatches};
 
 #[derive(Parser, Debug)]
 #[command(about = "Whole AppRTC calls as a load and an invariant check")]
@@ -135,9 +135,9 @@ async fn main() -> Result<()> {
     let gen_ms = per_call(gen_cpu);
     // Log entries and commands per call: what one call costs the replicated log.
     let (entries, commands) = match (log0, log1) {
-        (Some((e0, c0)), Some((e1, c1))) => {
+        (Some(b0), Some(b1)) => {
             let calls = s.calls.max(1) as f64;
-            (format!("{:.1}", (e1 - e0) / calls), format!("{:.1}", (c1 - c0) / calls))
+            (format!("{:.1}", (b1.entries - b0.entries) / calls), format!("{:.1}", (b1.commands - b0.commands) / calls))
         }
         _ => ("–".to_string(), "–".to_string()),
     };
@@ -177,20 +177,18 @@ async fn main() -> Result<()> {
 }
 
 /// Log entries and the commands in them proposed so far on all `targets` (each node counts the
-/// entries its own batcher wrote: the leader's, plus any a node wrote while it led), from
-/// `/metrics`; `None` for a node without a cluster or when a node does not answer.
-async fn raft_batches(targets: &[Target], token: &str) -> Option<(f64, f64)> {
+/// entries its own batcher wrote: the leader's, plus any a node wrote while it led); `None` for a
+/// node without a cluster or when a node does not answer.
+async fn raft_batches(targets: &[Target], token: &str) -> Option<RaftBatches> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let (mut entries, mut commands) = (0.0, 0.0);
+    let mut total = RaftBatches::default();
     for t in targets {
         let text = client.get(format!("{}/metrics", t.base)).bearer_auth(token).send().await.ok()?.text().await.ok()?;
-        let value = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        };
-        entries += value("switchboard_raft_batch_commands_count")?;
-        commands += value("switchboard_raft_batch_commands_sum")?;
+        let node = cluster_tests::raft_batches(&text)?;
+        total.entries += node.entries;
+        total.commands += node.commands;
     }
-    Some((entries, commands))
+    Some(total)
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (or "self"), from /proc.

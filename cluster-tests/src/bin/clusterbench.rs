@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use cluster_tests::cluster::{Cluster, ClusterOptions};
 use cluster_tests::ws::reregister_with_probe;
 use cluster_tests::lean::HttpConn;
-use cluster_tests::{fresh_room, WsClient};
+use cluster_tests::{fresh_room, RaftBatches, WsClient};
 
 #[derive(Parser)]
 struct Args {
@@ -144,7 +144,9 @@ async fn joins(duration: u64, concurrency: Vec<usize>, learners: usize) -> Resul
         let elapsed = t0.elapsed().as_secs_f64();
         let after = group_stats(&c.base(leader)).await;
         let per_write = match (before, after) {
-            (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => format!("{:.1}", (s1 - s0) / (n1 - n0)),
+            (Some(b0), Some(b1)) if b1.entries > b0.entries => {
+                format!("{:.1}", (b1.commands - b0.commands) / (b1.entries - b0.entries))
+            }
             _ => "–".into(),
         };
         let mut l = lat.lock().unwrap().clone();
@@ -161,15 +163,11 @@ async fn joins(duration: u64, concurrency: Vec<usize>, learners: usize) -> Resul
     Ok(())
 }
 
-/// Sum and count of the leader's proposals per Raft log entry (group commit).
-async fn group_stats(base: &str) -> Option<(f64, f64)> {
+/// What the leader's batcher has written so far (proposals per log entry: group commit).
+async fn group_stats(base: &str) -> Option<RaftBatches> {
     let mut http = HttpConn::new(base).ok()?;
     let r = http.request("GET", "/metrics", b"").await.ok()?;
-    let text = r.text();
-    let value = |name: &str| {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok())
-    };
-    Some((value("switchboard_raft_batch_commands_sum")?, value("switchboard_raft_batch_commands_count")?))
+    cluster_tests::raft_batches(r.text())
 }
 
 fn loadgen_path() -> PathBuf {
